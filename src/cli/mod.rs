@@ -1,0 +1,166 @@
+//! The `wick` command line: `generate`, `serve`, `pull`, `models`, `bench`, `export`.
+
+mod generate;
+mod models;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::engine::{
+    DTypeChoice, DeviceChoice, LoadOptions, ManagerConfig, ModelManager, SamplingParams,
+};
+use crate::registry::{Backend, ModelSelector, Tier};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wick",
+    version,
+    about = "Run Hugging Face language models with candle and stream every token over MCP"
+)]
+pub struct Cli {
+    /// Only print errors (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, printing tokens as they are produced.
+    Generate(generate::GenerateArgs),
+    /// Download a model's files into the cache.
+    Pull(models::PullArgs),
+    /// List the registry's models and whether their files are cached.
+    Models(models::ModelsArgs),
+}
+
+/// Which model, and where to run it.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Size tier from the registry.
+    #[arg(long, value_enum, default_value_t = Tier::Small)]
+    pub model_size: Tier,
+    /// Weights format: gguf (quantized) or huggingface (safetensors).
+    #[arg(long, value_enum, default_value_t = Backend::Gguf)]
+    pub backend: Backend,
+    /// A registry model name, or a Hub repository as REPO[:FILE] (FILE picks a .gguf).
+    #[arg(long, conflicts_with = "model_path")]
+    pub model: Option<String>,
+    /// A local .gguf file, or a directory in the Hugging Face layout.
+    #[arg(long)]
+    pub model_path: Option<PathBuf>,
+    /// Hub revision (branch, tag or commit) for --model REPO.
+    #[arg(long, requires = "model")]
+    pub revision: Option<String>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// Precision of safetensors weights (auto: f32 on CPU, bf16 on CUDA).
+    #[arg(long, value_enum, default_value_t = DTypeChoice::Auto)]
+    pub dtype: DTypeChoice,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse().map_err(|e: crate::Error| e.to_string())
+}
+
+impl ModelArgs {
+    pub fn selector(&self) -> ModelSelector {
+        if let Some(path) = &self.model_path {
+            return ModelSelector::Path(path.clone());
+        }
+        match &self.model {
+            Some(model) if model.contains('/') => {
+                ModelSelector::repo(model, self.revision.clone(), self.backend)
+            }
+            Some(name) => ModelSelector::Name(name.clone()),
+            None => ModelSelector::Tier {
+                tier: self.model_size,
+                backend: self.backend,
+            },
+        }
+    }
+
+    /// A manager configured from the environment and these flags.
+    pub fn manager(&self, load: LoadOptions) -> crate::Result<ModelManager> {
+        let mut config = ManagerConfig::from_env()?;
+        config.load = LoadOptions {
+            device: self.device,
+            dtype: self.dtype,
+            ..load
+        };
+        Ok(ModelManager::new(config))
+    }
+}
+
+/// How tokens are sampled.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = SamplingParams::default().max_tokens)]
+    pub max_tokens: usize,
+    /// 0 is greedy (always the most likely token).
+    #[arg(long, default_value_t = SamplingParams::default().temperature)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = SamplingParams::default().top_k)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold (1 = off).
+    #[arg(long, default_value_t = SamplingParams::default().top_p)]
+    pub top_p: f64,
+    /// Penalty for repeating recent tokens (1 = off).
+    #[arg(long, default_value_t = SamplingParams::default().repeat_penalty)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repeat penalty considers.
+    #[arg(long, default_value_t = SamplingParams::default().repeat_last_n)]
+    pub repeat_last_n: usize,
+    /// Random seed, for reproducible sampling.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop before this text (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging(cli.quiet);
+    match cli.command {
+        Command::Generate(args) => generate::run(args).await,
+        Command::Pull(args) => models::pull(args).await,
+        Command::Models(args) => models::list(args).await,
+    }
+}
+
+fn init_logging(quiet: bool) {
+    // hf-hub logs its own copy of errors that wick reports with advice attached.
+    let default = if quiet {
+        "error"
+    } else {
+        "warn,wick=info,hf_hub=off"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}

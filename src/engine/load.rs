@@ -1,0 +1,447 @@
+//! From a model selector to a running engine: resolve it against the registry, fetch the files
+//! its backend needs, load them with candle, and start the decode loop.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::chat::ChatTemplate;
+use super::device::{DTypeChoice, DeviceChoice, describe};
+use super::load_gguf::{self, Companions};
+use super::load_hf::{self, HfFiles};
+use super::model::{ModelPool, Weights};
+use super::worker::{self, WorkerSetup};
+use super::{Engine, ModelInfo};
+use crate::error::{Error, Result};
+use crate::fetch::{Fetcher, RepoRef};
+use crate::registry::{Backend, ModelSelector, Registry};
+
+/// How models are loaded and served.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LoadOptions {
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    /// Sequences generated at once, each with its own KV cache (models whose candle type
+    /// cannot be copied run one at a time).
+    pub max_active: usize,
+    /// Requests that may wait for a free slot before new ones are turned away as busy.
+    pub queue_limit: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Auto,
+            dtype: DTypeChoice::Auto,
+            max_active: 4,
+            queue_limit: 32,
+        }
+    }
+}
+
+/// Where a model's files are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A Hub repository. `listed` means the registry names every file the model needs, so no
+    /// optional file is looked for beyond those.
+    Hub {
+        repo: RepoRef,
+        gguf_file: Option<String>,
+        listed: bool,
+    },
+    /// A `.gguf` file, or a directory in the Hugging Face layout.
+    Local(PathBuf),
+}
+
+/// A selector resolved against the registry: everything needed to fetch and load the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedModel {
+    pub name: String,
+    pub backend: Backend,
+    pub source: Source,
+}
+
+impl fmt::Display for ResolvedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} backend) from ", self.name, self.backend)?;
+        match &self.source {
+            Source::Hub {
+                repo, gguf_file, ..
+            } => {
+                write!(f, "hub repo {} revision {}", repo.repo, repo.revision)?;
+                if let Some(file) = gguf_file {
+                    write!(f, " file {file}")?;
+                }
+                Ok(())
+            }
+            Source::Local(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl ResolvedModel {
+    pub fn resolve(registry: &Registry, selector: &ModelSelector) -> Result<Self> {
+        let from_entry = |entry: &crate::registry::ModelEntry| ResolvedModel {
+            name: entry.name.clone(),
+            backend: entry.backend,
+            source: Source::Hub {
+                repo: RepoRef {
+                    repo: entry.repo.clone(),
+                    revision: entry.revision.clone(),
+                    files: entry.files.clone(),
+                },
+                gguf_file: entry.gguf_file.clone(),
+                listed: true,
+            },
+        };
+        match selector {
+            ModelSelector::Tier { tier, backend } => {
+                Ok(from_entry(registry.by_tier(*tier, *backend)?))
+            }
+            ModelSelector::Name(name) => Ok(from_entry(registry.by_name(name)?)),
+            ModelSelector::Repo {
+                repo,
+                file,
+                revision,
+                backend,
+            } => {
+                if !repo.contains('/') {
+                    return Err(Error::InvalidRequest(format!(
+                        "`{repo}` is neither a registry model nor a Hub repository (owner/name); \
+                         run `wick models` to see the registry"
+                    )));
+                }
+                let known = registry.by_repo(repo);
+                let backend = match file {
+                    Some(f) if f.ends_with(".gguf") => Backend::Gguf,
+                    _ => *backend,
+                };
+                if backend == Backend::Gguf && file.is_none() {
+                    return Err(Error::InvalidRequest(format!(
+                        "name the GGUF file inside {repo}: --model {repo}:FILE.gguf (or use \
+                         --backend huggingface for a safetensors repository)"
+                    )));
+                }
+                let revision = revision
+                    .clone()
+                    .or_else(|| known.map(|k| k.revision.clone()))
+                    .unwrap_or_else(|| "main".to_string());
+                Ok(ResolvedModel {
+                    name: selector.to_string(),
+                    backend,
+                    source: Source::Hub {
+                        repo: RepoRef {
+                            repo: repo.clone(),
+                            revision,
+                            files: known.map(|k| k.files.clone()).unwrap_or_default(),
+                        },
+                        gguf_file: file.clone().filter(|_| backend == Backend::Gguf),
+                        listed: false,
+                    },
+                })
+            }
+            ModelSelector::Path(path) => {
+                let backend = local_backend(path)?;
+                Ok(ResolvedModel {
+                    name: path.display().to_string(),
+                    backend,
+                    source: Source::Local(path.clone()),
+                })
+            }
+        }
+    }
+
+    /// A key that identifies the same model however it was named.
+    pub(crate) fn key(&self) -> String {
+        match &self.source {
+            Source::Hub {
+                repo, gguf_file, ..
+            } => format!(
+                "{}@{}:{}:{}",
+                repo.repo,
+                repo.revision,
+                gguf_file.as_deref().unwrap_or(""),
+                self.backend
+            ),
+            Source::Local(path) => format!(
+                "{}:{}",
+                std::fs::canonicalize(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .display(),
+                self.backend
+            ),
+        }
+    }
+}
+
+fn local_backend(path: &Path) -> Result<Backend> {
+    let missing = |hint: &str| Error::MissingFile {
+        path: path.to_path_buf(),
+        hint: hint.to_string(),
+    };
+    if path.is_file() {
+        return if path.extension().is_some_and(|e| e == "gguf") {
+            Ok(Backend::Gguf)
+        } else {
+            Err(missing(
+                " is not a .gguf file; give a .gguf file or a directory with config.json",
+            ))
+        };
+    }
+    if !path.is_dir() {
+        return Err(missing(""));
+    }
+    if path.join("config.json").is_file() {
+        return Ok(Backend::Huggingface);
+    }
+    let ggufs = gguf_files(path);
+    if ggufs.len() == 1 {
+        return Ok(Backend::Gguf);
+    }
+    Err(missing(&format!(
+        ": the directory has no config.json and {} .gguf files; name the .gguf file itself",
+        ggufs.len()
+    )))
+}
+
+fn gguf_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The local files of a model, fetched as needed.
+pub(crate) enum ModelFiles {
+    Gguf {
+        weights: PathBuf,
+        tokenizer_json: Option<PathBuf>,
+        tokenizer_config: Option<PathBuf>,
+    },
+    Hf(HfFiles),
+}
+
+impl ModelFiles {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            ModelFiles::Gguf {
+                weights,
+                tokenizer_json,
+                tokenizer_config,
+            } => std::iter::once(weights.clone())
+                .chain(tokenizer_json.clone())
+                .chain(tokenizer_config.clone())
+                .collect(),
+            ModelFiles::Hf(files) => files.paths(),
+        }
+    }
+}
+
+/// Where each file comes from: a Hub repository through the fetcher, or a local directory.
+enum FileSource<'a> {
+    Hub {
+        fetcher: &'a Fetcher,
+        repo: &'a RepoRef,
+        /// Only files the registry lists are looked for (no probing for optional files).
+        listed: bool,
+    },
+    Dir(PathBuf),
+}
+
+impl FileSource<'_> {
+    async fn required(&self, name: &str) -> Result<PathBuf> {
+        match self {
+            FileSource::Hub { fetcher, repo, .. } => fetcher.fetch(repo, name).await,
+            FileSource::Dir(dir) => {
+                let path = dir.join(name);
+                if path.is_file() {
+                    Ok(path)
+                } else {
+                    Err(Error::MissingFile {
+                        path,
+                        hint: String::new(),
+                    })
+                }
+            }
+        }
+    }
+
+    async fn optional(&self, name: &str) -> Result<Option<PathBuf>> {
+        match self {
+            FileSource::Hub {
+                fetcher,
+                repo,
+                listed,
+            } => {
+                if *listed && !repo.files.iter().any(|f| f.path == name) {
+                    return Ok(None);
+                }
+                fetcher.fetch_optional(repo, name).await
+            }
+            FileSource::Dir(dir) => Ok(Some(dir.join(name)).filter(|p| p.is_file())),
+        }
+    }
+}
+
+/// Fetches (or finds) every file `model` needs.
+pub(crate) async fn fetch_files(model: &ResolvedModel, fetcher: &Fetcher) -> Result<ModelFiles> {
+    let (source, gguf_name) = match &model.source {
+        Source::Hub {
+            repo,
+            gguf_file,
+            listed,
+        } => (
+            FileSource::Hub {
+                fetcher,
+                repo,
+                listed: *listed,
+            },
+            gguf_file.clone(),
+        ),
+        Source::Local(path) if path.is_file() => (
+            FileSource::Dir(path.parent().map(Path::to_path_buf).unwrap_or_default()),
+            path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        ),
+        Source::Local(dir) => (
+            FileSource::Dir(dir.clone()),
+            gguf_files(dir)
+                .first()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned()),
+        ),
+    };
+    match model.backend {
+        Backend::Gguf => {
+            let name = gguf_name.ok_or_else(|| {
+                Error::InvalidRequest(format!("no .gguf file named for {}", model.name))
+            })?;
+            Ok(ModelFiles::Gguf {
+                weights: source.required(&name).await?,
+                tokenizer_json: source.optional("tokenizer.json").await?,
+                tokenizer_config: source.optional("tokenizer_config.json").await?,
+            })
+        }
+        Backend::Huggingface => {
+            let config = source.required("config.json").await?;
+            let tokenizer = source.required("tokenizer.json").await?;
+            let tokenizer_config = source.optional("tokenizer_config.json").await?;
+            let generation_config = source.optional("generation_config.json").await?;
+            let weights = match source.optional("model.safetensors.index.json").await? {
+                Some(index) => {
+                    let mut shards = Vec::new();
+                    for shard in load_hf::shard_names(&index)? {
+                        shards.push(source.required(&shard).await?);
+                    }
+                    shards
+                }
+                None => vec![source.required("model.safetensors").await?],
+            };
+            Ok(ModelFiles::Hf(HfFiles {
+                config,
+                tokenizer,
+                tokenizer_config,
+                generation_config,
+                weights,
+            }))
+        }
+    }
+}
+
+/// What a loader produces: the weights plus everything the engine needs around them.
+pub(crate) struct LoadedModel {
+    pub weights: Weights,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub eos_ids: Vec<u32>,
+    pub context_length: usize,
+    pub architecture: String,
+    pub dtype: String,
+}
+
+/// Loads the files and starts the model's decode loop (blocking: run it off the async workers).
+pub(crate) fn start_engine(
+    model: &ResolvedModel,
+    files: &ModelFiles,
+    options: &LoadOptions,
+) -> Result<Engine> {
+    let device = options.device.resolve()?;
+    let started = std::time::Instant::now();
+    let loaded = match files {
+        ModelFiles::Gguf {
+            weights,
+            tokenizer_json,
+            tokenizer_config,
+        } => load_gguf::load(
+            weights,
+            Companions {
+                tokenizer_json: tokenizer_json.as_deref(),
+                tokenizer_config: tokenizer_config.as_deref(),
+            },
+            &device,
+        )?,
+        ModelFiles::Hf(files) => load_hf::load(files, &device, options.dtype.resolve(&device)?)?,
+    };
+    let chat = match &loaded.chat_template {
+        None => Err("it has no chat template".to_string()),
+        Some(source) => ChatTemplate::new(
+            source,
+            loaded.bos_token.clone().unwrap_or_default(),
+            loaded.eos_token.clone().unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string()),
+    };
+    if let Err(why) = &chat {
+        tracing::warn!(model = %model.name, "chat is unavailable: {why}");
+    }
+    let stop_ids = super::stop_ids(&loaded.tokenizer, &loaded.eos_ids, chat.as_ref().ok());
+    let info = ModelInfo {
+        name: model.name.clone(),
+        backend: model.backend,
+        architecture: loaded.architecture.clone(),
+        source: model.to_string(),
+        device: describe(&device),
+        dtype: loaded.dtype.clone(),
+        context_length: loaded.context_length,
+        has_chat_template: chat.is_ok(),
+    };
+    let tokenizer = Arc::new(loaded.tokenizer);
+    let (jobs, queue) = mpsc::channel(options.queue_limit.max(1));
+    let counters = Arc::new(super::Counters::default());
+    worker::spawn(
+        WorkerSetup {
+            name: model.name.clone(),
+            pool: ModelPool::new(loaded.weights),
+            tokenizer: tokenizer.clone(),
+            stop_ids,
+            device,
+            max_active: options.max_active,
+            counters: counters.clone(),
+        },
+        queue,
+    )?;
+    tracing::info!(
+        model = %info.name,
+        architecture = %info.architecture,
+        device = %info.device,
+        dtype = %info.dtype,
+        context = info.context_length,
+        seconds = started.elapsed().as_secs_f32(),
+        "model loaded"
+    );
+    Ok(Engine {
+        info,
+        tokenizer,
+        chat,
+        jobs,
+        queue_limit: options.queue_limit.max(1),
+        counters,
+    })
+}

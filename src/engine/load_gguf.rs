@@ -1,0 +1,156 @@
+//! Loading a quantized model from one `.gguf` file with candle's quantized model families.
+
+use std::fs::File;
+use std::path::Path;
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
+
+use super::chat::TokenizerConfig;
+use super::load::LoadedModel;
+use super::model::Weights;
+use super::tokenizer;
+use crate::error::{Error, Result};
+
+pub(crate) const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
+
+/// Positions candle's llama kernels precompute rotary embeddings for.
+const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
+/// candle's qwen3 CPU KV cache holds this many positions.
+const QWEN3_CPU_MAX_POSITIONS: usize = 4096;
+
+/// Extra files that may come with a GGUF: a `tokenizer.json` and a `tokenizer_config.json`.
+#[derive(Default)]
+pub(crate) struct Companions<'a> {
+    pub tokenizer_json: Option<&'a Path>,
+    pub tokenizer_config: Option<&'a Path>,
+}
+
+pub(crate) fn load(
+    path: &Path,
+    companions: Companions<'_>,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let load_error = |message: String| Error::Load {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut file = File::open(path).map_err(|e| load_error(format!("cannot open it: {e}")))?;
+    let mut ct =
+        Content::read(&mut file).map_err(|e| load_error(format!("not a valid GGUF file ({e})")))?;
+    check_complete(&ct, file.metadata()?.len()).map_err(load_error)?;
+
+    let architecture = string(&ct, "general.architecture").unwrap_or_default();
+    if !ARCHITECTURES.contains(&architecture.as_str()) {
+        return Err(Error::UnsupportedArchitecture {
+            found: architecture,
+            path: path.to_path_buf(),
+            supported: ARCHITECTURES.join(", "),
+        });
+    }
+    let declared = integer(&ct, &format!("{architecture}.context_length")).unwrap_or(4096) as usize;
+    let context_length = match architecture.as_str() {
+        "llama" => declared.min(LLAMA_MAX_POSITIONS),
+        "qwen3" if device.is_cpu() => declared.min(QWEN3_CPU_MAX_POSITIONS),
+        _ => declared,
+    };
+
+    let tokenizer = match companions.tokenizer_json {
+        Some(json) => tokenizer::from_file(json)?,
+        None => tokenizer::from_gguf(&mut ct)?,
+    };
+    let config = match companions.tokenizer_config {
+        Some(p) => TokenizerConfig::from_file(p)?,
+        None => TokenizerConfig::default(),
+    };
+    let chat_template = config
+        .chat_template
+        .or_else(|| string(&ct, "tokenizer.chat_template"));
+    let token = |key: &str| integer(&ct, key).and_then(|id| tokenizer::token_text(&tokenizer, id));
+    let bos_token = config
+        .bos_token
+        .or_else(|| token("tokenizer.ggml.bos_token_id"));
+    let eos_token = config
+        .eos_token
+        .or_else(|| token("tokenizer.ggml.eos_token_id"));
+    let eos_ids = [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ]
+    .iter()
+    .filter_map(|key| integer(&ct, key))
+    .collect();
+
+    let weights = match architecture.as_str() {
+        "llama" => Weights::QuantizedLlama(quantized_llama::ModelWeights::from_gguf(
+            ct, &mut file, device,
+        )?),
+        "qwen2" => Weights::QuantizedQwen2(quantized_qwen2::ModelWeights::from_gguf(
+            ct, &mut file, device,
+        )?),
+        _ => {
+            // Rotary tables in f32: candle's f16 default loses precision past ~2k positions.
+            ct.metadata.insert("general.dtype".into(), Value::U32(0));
+            Weights::QuantizedQwen3(quantized_qwen3::ModelWeights::from_gguf(
+                ct, &mut file, device,
+            )?)
+        }
+    };
+    Ok(LoadedModel {
+        weights,
+        tokenizer,
+        chat_template,
+        bos_token,
+        eos_token,
+        eos_ids,
+        context_length,
+        architecture,
+        dtype: "quantized".to_string(),
+    })
+}
+
+/// candle reads tensor data lazily and silently ties the output layer to the embeddings when
+/// `output.weight` cannot be read — so a cut-off download would load and talk nonsense. Check
+/// that every tensor lies inside the file first.
+fn check_complete(ct: &Content, file_len: u64) -> std::result::Result<(), String> {
+    for (name, info) in &ct.tensor_infos {
+        let elements = info.shape.elem_count();
+        let block = info.ggml_dtype.block_size();
+        let bytes = (elements / block * info.ggml_dtype.type_size()) as u64;
+        let end = ct
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|start| start.checked_add(bytes));
+        if elements % block != 0 || end.is_none_or(|end| end > file_len) {
+            return Err(format!(
+                "the file is truncated or corrupt: tensor `{name}` extends past its end ({file_len} \
+                 bytes); the download was probably interrupted, so delete the file and fetch it again"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn string(ct: &Content, key: &str) -> Option<String> {
+    match ct.metadata.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Reads an integer however the writer typed it (llama.cpp mostly uses u32).
+fn integer(ct: &Content, key: &str) -> Option<u32> {
+    match ct.metadata.get(key)? {
+        Value::U8(v) => Some(u32::from(*v)),
+        Value::U16(v) => Some(u32::from(*v)),
+        Value::U32(v) => Some(*v),
+        Value::U64(v) => u32::try_from(*v).ok(),
+        Value::I8(v) => u32::try_from(*v).ok(),
+        Value::I16(v) => u32::try_from(*v).ok(),
+        Value::I32(v) => u32::try_from(*v).ok(),
+        Value::I64(v) => u32::try_from(*v).ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,244 @@
+//! The engine: a loaded model behind a request queue, turning prompts into token streams.
+
+pub(crate) mod chat;
+mod device;
+mod load;
+mod load_gguf;
+mod load_hf;
+mod manager;
+mod model;
+pub(crate) mod sampling;
+pub(crate) mod stream;
+pub(crate) mod tokenizer;
+mod worker;
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use chat::ChatMessage;
+pub use device::{DTypeChoice, DeviceChoice};
+pub use load::{LoadOptions, ResolvedModel, Source};
+pub use manager::{ManagerConfig, ModelManager, ModelStatus};
+pub use sampling::SamplingParams;
+pub use stream::{Completion, FinishReason, Summary, Token, TokenEvent, TokenStream};
+
+use crate::error::{Error, Result};
+use crate::registry::Backend;
+use chat::ChatTemplate;
+use worker::Job;
+
+/// What to generate from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// Plain text, continued as is.
+    Prompt(String),
+    /// A conversation, rendered with the model's chat template; the reply ends at the end of
+    /// the assistant's turn.
+    Chat(Vec<ChatMessage>),
+}
+
+/// One generation request.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    pub input: Input,
+    pub params: SamplingParams,
+    /// Cancelling it stops the generation at the next token (as dropping the stream does).
+    pub cancel: CancellationToken,
+}
+
+impl GenerateRequest {
+    pub fn prompt(text: impl Into<String>) -> Self {
+        Self::new(Input::Prompt(text.into()))
+    }
+
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        Self::new(Input::Chat(messages))
+    }
+
+    fn new(input: Input) -> Self {
+        Self {
+            input,
+            params: SamplingParams::default(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn with_params(mut self, params: SamplingParams) -> Self {
+        self.params = params;
+        self
+    }
+
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+}
+
+/// What a loaded model is and where it runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub backend: Backend,
+    pub architecture: String,
+    pub source: String,
+    pub device: String,
+    pub dtype: String,
+    pub context_length: usize,
+    pub has_chat_template: bool,
+}
+
+/// Live counters of one engine, shared with its decode loop.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    queued: AtomicUsize,
+    active: AtomicUsize,
+    requests: AtomicU64,
+    tokens: AtomicU64,
+    cancelled: AtomicU64,
+}
+
+/// A snapshot of an engine's load and work so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EngineStats {
+    /// Requests waiting for a free slot.
+    pub queued: usize,
+    /// Requests being generated.
+    pub active: usize,
+    /// Requests accepted since the model was loaded.
+    pub requests: u64,
+    /// Tokens sampled since the model was loaded.
+    pub tokens: u64,
+    /// Requests that ended because their caller went away or cancelled.
+    pub cancelled: u64,
+}
+
+/// A loaded model, ready to generate. Cheap to share: clone the `Arc` the manager hands out.
+pub struct Engine {
+    info: ModelInfo,
+    tokenizer: Arc<tokenizers::Tokenizer>,
+    chat: std::result::Result<ChatTemplate, String>,
+    jobs: mpsc::Sender<Job>,
+    queue_limit: usize,
+    counters: Arc<Counters>,
+}
+
+impl Engine {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        let c = &self.counters;
+        EngineStats {
+            queued: c.queued.load(Relaxed),
+            active: c.active.load(Relaxed),
+            requests: c.requests.load(Relaxed),
+            tokens: c.tokens.load(Relaxed),
+            cancelled: c.cancelled.load(Relaxed),
+        }
+    }
+
+    /// The text of `tokens`, without special tokens.
+    pub fn decode(&self, tokens: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(tokens, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Starts a generation. Errors that the request itself causes (bad parameters, a prompt
+    /// past the context window, a full queue) come back here, before any work is done.
+    pub fn generate(&self, request: GenerateRequest) -> Result<TokenStream> {
+        let params = request.params;
+        params.validate()?;
+        let prompt = self.encode_input(&request.input)?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt.len() + params.max_tokens > self.info.context_length {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                max_tokens: params.max_tokens,
+                context_length: self.info.context_length,
+            });
+        }
+        // Room for every event of this request, so the engine never waits on a slow reader.
+        let (events, receiver) = mpsc::channel(params.max_tokens + 2);
+        let job = Job {
+            prompt,
+            seed: params
+                .seed
+                .unwrap_or_else(|| RandomState::new().hash_one(Instant::now())),
+            params,
+            events,
+            cancel: request.cancel,
+            enqueued: Instant::now(),
+        };
+        // Counted before sending, so the decode loop never sees the count go below zero.
+        self.counters.queued.fetch_add(1, Relaxed);
+        self.jobs.try_send(job).map_err(|e| {
+            self.counters.queued.fetch_sub(1, Relaxed);
+            match e {
+                mpsc::error::TrySendError::Full(_) => Error::Busy {
+                    model: self.info.name.clone(),
+                    limit: self.queue_limit,
+                },
+                mpsc::error::TrySendError::Closed(_) => Error::Unloaded(self.info.name.clone()),
+            }
+        })?;
+        self.counters.requests.fetch_add(1, Relaxed);
+        Ok(TokenStream::new(receiver))
+    }
+
+    /// The token ids the model would see for `input`.
+    pub fn encode_input(&self, input: &Input) -> Result<Vec<u32>> {
+        match input {
+            Input::Prompt(text) => tokenizer::encode(&self.tokenizer, text, true),
+            Input::Chat(messages) => {
+                let chat = self.chat.as_ref().map_err(|why| {
+                    Error::InvalidRequest(format!(
+                        "model {} cannot chat: {why}; send a plain prompt instead",
+                        self.info.name
+                    ))
+                })?;
+                // The rendered template carries its own BOS.
+                tokenizer::encode(&self.tokenizer, &chat.render(messages, true)?, false)
+            }
+        }
+    }
+
+    /// The model's chat template applied to `messages`, as text.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.chat
+            .as_ref()
+            .map_err(|why| Error::InvalidRequest(why.clone()))?
+            .render(messages, true)
+    }
+}
+
+/// Token ids that end a generation: the model's EOS ids and the chat template's end of turn.
+fn stop_ids(
+    tokenizer: &tokenizers::Tokenizer,
+    eos_ids: &[u32],
+    chat: Option<&ChatTemplate>,
+) -> HashSet<u32> {
+    let mut ids: HashSet<u32> = eos_ids.iter().copied().collect();
+    if let Some(chat) = chat
+        && let Ok(text) = chat.end_of_turn_text()
+        && let Ok(encoded) = tokenizer::encode(tokenizer, &text, false)
+        && let Some(&first) = encoded.first()
+        && tokenizer
+            .get_added_tokens_decoder()
+            .get(&first)
+            .is_some_and(|t| t.special)
+    {
+        ids.insert(first);
+    }
+    ids
+}

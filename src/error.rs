@@ -1,0 +1,114 @@
+//! The errors a user can cause or meet, each saying what went wrong and what to do next.
+
+use std::path::PathBuf;
+
+use crate::registry::{Backend, Tier};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown model size `{0}`; valid sizes: small, medium, large")]
+    UnknownTier(String),
+
+    #[error("unknown backend `{0}`; valid backends: gguf, huggingface")]
+    UnknownBackend(String),
+
+    #[error("unknown model `{name}`; the registry has: {known}")]
+    UnknownModel { name: String, known: String },
+
+    #[error("the registry has no {tier} model for the {backend} backend; it has: {known}")]
+    NoTierEntry {
+        tier: Tier,
+        backend: Backend,
+        known: String,
+    },
+
+    #[error("invalid model registry {origin}: {message}")]
+    Registry { origin: String, message: String },
+
+    /// Every source of a file failed; `attempts` says what each one answered.
+    #[error("could not fetch `{file}` of {repo}:\n{attempts}")]
+    Fetch {
+        repo: String,
+        file: String,
+        attempts: String,
+    },
+
+    #[error(
+        "{path} failed its sha256 check (expected {expected}, got {actual}); it came from {origin}. \
+         Delete it and fetch again; if it persists the source serves a different file"
+    )]
+    Checksum {
+        path: PathBuf,
+        origin: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("model file missing: {path}{hint}")]
+    MissingFile { path: PathBuf, hint: String },
+
+    #[error("cannot load {path}: {message}")]
+    Load { path: PathBuf, message: String },
+
+    #[error("unsupported architecture `{found}` in {path}; wick supports: {supported}")]
+    UnsupportedArchitecture {
+        found: String,
+        path: PathBuf,
+        supported: String,
+    },
+
+    #[error("{0}")]
+    Device(String),
+
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
+    #[error(
+        "the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: {} in all, past the \
+         model's context window of {context_length} tokens; shorten the prompt or lower max_tokens",
+        prompt_tokens + max_tokens
+    )]
+    ContextOverflow {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        context_length: usize,
+    },
+
+    #[error(
+        "model {model} is busy: {limit} requests are already queued; retry shortly or raise --queue-limit"
+    )]
+    Busy { model: String, limit: usize },
+
+    #[error("model {0} was unloaded while the request waited")]
+    Unloaded(String),
+
+    #[error("chat template: {0}")]
+    Template(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True when the request itself was at fault (as opposed to the server or the model).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Error::UnknownTier(_)
+                | Error::UnknownBackend(_)
+                | Error::UnknownModel { .. }
+                | Error::NoTierEntry { .. }
+                | Error::InvalidRequest(_)
+                | Error::ContextOverflow { .. }
+                | Error::Template(_)
+        )
+    }
+}
