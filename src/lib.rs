@@ -29,6 +29,7 @@ pub mod engine;
 mod error;
 pub mod fetch;
 pub mod registry;
+pub mod server;
 
 pub use engine::{
     ChatMessage, Completion, DTypeChoice, DeviceChoice, Engine, EngineStats, FinishReason,

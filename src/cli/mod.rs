@@ -2,6 +2,7 @@
 
 mod generate;
 mod models;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Pull(models::PullArgs),
     /// List the registry's models and whether their files are cached.
     Models(models::ModelsArgs),
+    /// Serve models over MCP: Streamable HTTP at /mcp, legacy HTTP+SSE at /sse.
+    Serve(serve::ServeArgs),
 }
 
 /// Which model, and where to run it.
@@ -146,6 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => generate::run(args).await,
         Command::Pull(args) => models::pull(args).await,
         Command::Models(args) => models::list(args).await,
+        Command::Serve(args) => serve::run(args).await,
     }
 }
 

@@ -1,0 +1,49 @@
+//! Clear answers to bodies that are not one JSON-RPC message. The Streamable HTTP transport asks
+//! for HTTP 400 with a JSON-RPC error (no id) when the server cannot accept the input; rmcp
+//! would answer 415, which sends users looking at their Content-Type instead of their JSON.
+
+use axum::body::{Body, to_bytes};
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub async fn reject_malformed(request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    // The body limit layer in front has already bounded the size.
+    let bytes = match to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+    };
+    let problem = match serde_json::from_slice::<Value>(&bytes) {
+        Err(e) => Some((
+            -32700,
+            format!("Parse error: the body is not valid JSON ({e})"),
+        )),
+        Ok(Value::Array(_)) => Some((
+            -32600,
+            "JSON-RPC batches are not supported: MCP removed them in protocol revision \
+             2025-06-18; send one message per request"
+                .to_string(),
+        )),
+        Ok(Value::Object(_)) => None,
+        Ok(_) => Some((
+            -32600,
+            "the body must be one JSON-RPC message (a JSON object)".to_string(),
+        )),
+    };
+    match problem {
+        Some((code, message)) => {
+            let error = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+            (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
+        }
+        None => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+    }
+}

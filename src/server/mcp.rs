@@ -1,0 +1,324 @@
+//! The MCP tools: `generate`, `chat` and `list_models`.
+//!
+//! Every generated text delta goes to the client as `notifications/progress` on the request's
+//! own stream when the request carries a progress token: `progress` counts the tokens so far,
+//! `total` is `max_tokens`, `message` is the new text. Concatenating the messages gives exactly
+//! the final text.
+//!
+//! Errors follow the MCP specification: protocol faults (unknown tool, malformed JSON-RPC) are
+//! JSON-RPC errors, and so is a full generation queue (the server, not the request, is at
+//! fault); problems with a call's arguments or with generating (wrong types, an unknown model, a
+//! prompt past the context window, an engine failure) are tool results with `isError: true`
+//! (SEP-1303), so that a calling model can read the message and correct itself.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::{ToolCallContext, schema_for_output};
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
+    Implementation, ProgressNotificationParam, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{
+    ChatMessage, FinishReason, GenerateRequest, ModelManager, ModelStatus, SamplingParams, Summary,
+    TokenEvent,
+};
+use crate::error::Error;
+use crate::registry::{Backend, ModelSelector};
+
+/// What the tools share: the models, the default one, and the generations in flight (so a
+/// graceful shutdown can wait for them).
+pub struct ToolState {
+    pub manager: Arc<ModelManager>,
+    pub default_model: ModelSelector,
+    pub default_backend: Backend,
+    pub in_flight: TaskTracker,
+}
+
+/// Sampling options shared by `generate` and `chat`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct GenerationOptions {
+    /// Most tokens to generate (default 256).
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature; 0 always picks the most likely token (default 0.7).
+    pub temperature: Option<f64>,
+    /// Nucleus sampling: keep the most likely tokens up to this total probability (default 0.95).
+    pub top_p: Option<f64>,
+    /// Sample among the k most likely tokens; 0 means all (default 40).
+    pub top_k: Option<u32>,
+    /// Divides the scores of recently used tokens; 1 turns it off (default 1.1).
+    pub repeat_penalty: Option<f32>,
+    /// Random seed; the same seed and options give the same text.
+    pub seed: Option<u64>,
+    /// Stop before any of these texts; they are not part of the result.
+    pub stop: Option<Vec<String>>,
+    /// The model: a size tier (`small`, `medium`, `large`), a tier and backend
+    /// (`medium/huggingface`), or a registry name (see `list_models`). Loaded on first use.
+    /// Default: the model the server started with.
+    pub model: Option<String>,
+}
+
+impl GenerationOptions {
+    fn params(&self) -> SamplingParams {
+        let defaults = SamplingParams::default();
+        SamplingParams {
+            max_tokens: self.max_tokens.map_or(defaults.max_tokens, |n| n as usize),
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_k: self.top_k.map_or(defaults.top_k, |k| k as usize),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+            seed: self.seed,
+            stop: self.stop.clone().unwrap_or_default(),
+            ..defaults
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct GenerateArgs {
+    /// The text to continue.
+    pub prompt: String,
+    #[serde(flatten)]
+    pub options: GenerationOptions,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ChatArgs {
+    /// The conversation so far, oldest first; the reply continues it as the assistant.
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub options: GenerationOptions,
+}
+
+/// The structured result of `generate` and `chat`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct GenerationResult {
+    /// The generated text.
+    pub text: String,
+    /// Why generation ended: `stop` (end of sequence, end of turn or a stop text), `length`
+    /// (max_tokens), `cancelled`, or `error`.
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Tokens generated, including a final end-of-sequence token.
+    pub completion_tokens: usize,
+    /// Seconds from the request reaching the model to its first token.
+    pub time_to_first_token: f64,
+    /// Generation speed after the first token.
+    pub tokens_per_second: f64,
+    /// The model that answered.
+    pub model: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelStatus>,
+}
+
+#[derive(Clone)]
+pub struct WickMcp {
+    state: Arc<ToolState>,
+    tool_router: ToolRouter<Self>,
+}
+
+#[tool_router]
+impl WickMcp {
+    pub fn new(state: Arc<ToolState>) -> Self {
+        Self {
+            state,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Continue a text with a language model. With a progress token, every new piece of text
+    /// arrives as a progress notification while the model writes.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<GenerationResult>()
+    )]
+    async fn generate(
+        &self,
+        Parameters(args): Parameters<GenerateArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let request = GenerateRequest::prompt(args.prompt).with_params(args.options.params());
+        self.run(args.options.model.as_deref(), request, ctx).await
+    }
+
+    /// Reply to a conversation with the model's chat template applied; the reply ends at the
+    /// end of the assistant's turn. Streams like `generate`.
+    #[tool(
+        annotations(read_only_hint = true, open_world_hint = false),
+        output_schema = schema_for_output::<GenerationResult>()
+    )]
+    async fn chat(
+        &self,
+        Parameters(args): Parameters<ChatArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let request = GenerateRequest::chat(args.messages).with_params(args.options.params());
+        self.run(args.options.model.as_deref(), request, ctx).await
+    }
+
+    /// The models this server can run, which of them are loaded, and on what device.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false))]
+    async fn list_models(&self) -> Json<ModelList> {
+        Json(ModelList {
+            models: self.state.manager.status(),
+        })
+    }
+}
+
+impl WickMcp {
+    async fn run(
+        &self,
+        model: Option<&str>,
+        request: GenerateRequest,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let selector = match model {
+            Some(m) => match ModelSelector::parse_model_arg(m, self.state.default_backend) {
+                Ok(selector) => selector,
+                Err(e) => return Ok(tool_error(&e)),
+            },
+            None => self.state.default_model.clone(),
+        };
+        // Tracked so that a graceful shutdown lets this generation finish.
+        let work = self.stream(selector, request, ctx);
+        self.state.in_flight.track_future(work).await
+    }
+
+    async fn stream(
+        &self,
+        selector: ModelSelector,
+        request: GenerateRequest,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, McpError> {
+        let engine = match self.state.manager.get(&selector).await {
+            Ok(engine) => engine,
+            Err(e) => return Ok(tool_error(&e)),
+        };
+        let total = request.params.max_tokens as f64;
+        let mut tokens = match engine.generate(request.with_cancel(ctx.ct.clone())) {
+            Ok(tokens) => tokens,
+            Err(e @ Error::Busy { .. }) => {
+                return Err(McpError::new(
+                    ErrorCode(-32000),
+                    e.to_string(),
+                    Some(serde_json::json!({ "reason": "busy", "model": engine.info().name })),
+                ));
+            }
+            Err(e) => return Ok(tool_error(&e)),
+        };
+        let progress_token = ctx.meta.get_progress_token();
+        let mut text = String::new();
+        let mut summary = None;
+        while let Some(event) = tokens.next().await {
+            match event {
+                TokenEvent::Token(token) if !token.text.is_empty() => {
+                    text.push_str(&token.text);
+                    if let Some(progress_token) = &progress_token {
+                        let progress = ProgressNotificationParam::new(
+                            progress_token.clone(),
+                            token.index as f64,
+                        )
+                        .with_total(total)
+                        .with_message(token.text);
+                        // A client that went away is noticed by the engine through ctx.ct.
+                        let _ = ctx.peer.notify_progress(progress).await;
+                    }
+                }
+                TokenEvent::Token(_) => {}
+                TokenEvent::Done(done) => summary = Some(done),
+            }
+        }
+        let summary =
+            summary.unwrap_or_else(|| Summary::failed("the generation ended without a summary"));
+        if summary.finish_reason == FinishReason::Cancelled {
+            tracing::info!(
+                tokens = summary.completion_tokens,
+                "generation cancelled by the client"
+            );
+        }
+        Ok(result(text, summary, &engine.info().name))
+    }
+}
+
+fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
+    let failed = summary.finish_reason == FinishReason::Error;
+    let structured = GenerationResult {
+        text: text.clone(),
+        finish_reason: summary.finish_reason,
+        prompt_tokens: summary.prompt_tokens,
+        completion_tokens: summary.completion_tokens,
+        time_to_first_token: summary.time_to_first_token.as_secs_f64(),
+        tokens_per_second: summary.decode_tokens_per_second,
+        model: model.to_string(),
+    };
+    let mut result = if failed {
+        let message = summary
+            .error
+            .unwrap_or_else(|| "generation failed".to_string());
+        CallToolResult::error(vec![ContentBlock::text(format!(
+            "generation failed: {message}"
+        ))])
+    } else {
+        CallToolResult::success(vec![ContentBlock::text(text)])
+    };
+    result.structured_content = serde_json::to_value(structured).ok();
+    result
+}
+
+/// A failed call the client can act on, as a tool result with `isError: true`.
+fn tool_error(error: &Error) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(error.to_string())])
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for WickMcp {
+    /// rmcp's router answers an unknown tool with a bare "tool not found"; name it and the
+    /// tools that exist instead.
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        if !self.tool_router.has_route(&request.name) {
+            let available: Vec<String> = self
+                .tool_router
+                .list_all()
+                .into_iter()
+                .map(|tool| tool.name.to_string())
+                .collect();
+            return Err(McpError::invalid_params(
+                format!(
+                    "unknown tool `{}`; this server has: {}",
+                    request.name,
+                    available.join(", ")
+                ),
+                Some(serde_json::json!({ "tool": request.name, "available": available })),
+            ));
+        }
+        self.tool_router
+            .call(ToolCallContext::new(self, request, context))
+            .await
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("wick", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "wick runs language models. Call `generate` to continue a text or `chat` to \
+                 answer a conversation; send a progressToken to receive each new piece of text \
+                 as a notifications/progress message while the model writes. `list_models` \
+                 shows the models available.",
+            )
+    }
+}

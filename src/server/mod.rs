@@ -1,0 +1,172 @@
+//! The HTTP server: MCP over Streamable HTTP at `/mcp` (both protocol eras), the legacy HTTP+SSE
+//! transport at `/sse` + `/sse/messages`, and `/health`, behind one access policy.
+
+mod access;
+mod malformed;
+pub mod mcp;
+mod sse_legacy;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use rmcp::ServerHandler;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+
+pub use access::AccessPolicy;
+
+/// How the server listens and whom it lets in.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Host names accepted besides loopback and `host` (`*`: any).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted besides loopback pages.
+    pub allowed_origins: Vec<String>,
+    pub api_key: Option<String>,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// A 2025-era session unused for this long is closed; its id then gets 404.
+    pub session_idle_timeout: Duration,
+    /// How long a shutdown waits for running generations before cutting them off.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            api_key: None,
+            max_body_bytes: 4 << 20,
+            session_idle_timeout: Duration::from_secs(30 * 60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerOptions {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.host, self.port)
+    }
+}
+
+/// What `/health` answers: 200 with `body` when `ready`, else 503.
+pub type HealthCheck = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
+
+/// The routes for any MCP handler, behind the access policy. `wick serve` mounts wick's tools;
+/// the conformance fixture server mounts its fixtures on the very same configuration.
+/// Cancelling `sessions` ends every MCP session and event stream.
+pub fn router<H, F>(
+    options: &ServerOptions,
+    sessions: CancellationToken,
+    make_handler: F,
+    health: HealthCheck,
+) -> Router
+where
+    H: ServerHandler,
+    F: Fn() -> H + Send + Sync + 'static,
+{
+    let make_handler: Arc<dyn Fn() -> H + Send + Sync> = Arc::new(make_handler);
+    let mut session_manager = LocalSessionManager::default();
+    session_manager.session_config.keep_alive = Some(options.session_idle_timeout);
+    // Each request's stream keeps its events for `Last-Event-ID` resumption: room for a whole
+    // generation's progress notifications.
+    session_manager.session_config.channel_capacity = 4096;
+    // Host and Origin are checked by the access policy, for every route alike.
+    let config = StreamableHttpServerConfig::default()
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_sse_keep_alive(Some(Duration::from_secs(5)))
+        .with_max_request_body_bytes(options.max_body_bytes)
+        .with_cancellation_token(sessions.clone());
+    let factory = make_handler.clone();
+    let mcp = StreamableHttpService::new(move || Ok(factory()), Arc::new(session_manager), config);
+
+    let policy = Arc::new(AccessPolicy::new(
+        options.host,
+        &options.allowed_hosts,
+        &options.allowed_origins,
+        options.api_key.as_deref(),
+    ));
+    let cors_policy = policy.clone();
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|o| cors_policy.origin_allowed(o))
+        }))
+        .allow_methods(tower_http::cors::AllowMethods::mirror_request())
+        .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+        .expose_headers([
+            "mcp-session-id"
+                .parse::<axum::http::HeaderName>()
+                .expect("static header name"),
+            "mcp-protocol-version".parse().expect("static header name"),
+            "www-authenticate".parse().expect("static header name"),
+        ]);
+
+    Router::new()
+        .nest_service("/mcp", mcp)
+        .layer(axum::middleware::from_fn(malformed::reject_malformed))
+        .merge(sse_legacy::routes(make_handler, sessions))
+        .route(
+            "/health",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let (ready, body) = health();
+                    let status = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, axum::Json(body)).into_response()
+                }
+            }),
+        )
+        .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(policy, access::guard))
+        .layer(cors)
+}
+
+/// Serves `app` on `listener` until `stop` fires, then stops accepting connections and waits for
+/// the open ones to finish (cancel the `sessions` token to end long-lived streams).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}
