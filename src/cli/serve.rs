@@ -81,16 +81,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let health: HealthCheck = {
         let (loaded, draining, manager) = (loaded.clone(), draining.clone(), manager.clone());
-        Arc::new(
-            move || match (loaded.get(), draining.load(Ordering::Relaxed)) {
-                (_, true) => (false, serde_json::json!({ "status": "shutting down" })),
-                (None, _) => (false, serde_json::json!({ "status": "loading" })),
-                (Some(model), _) => (
-                    true,
-                    serde_json::json!({ "status": "ready", "default_model": model.name, "models": manager.loaded() }),
-                ),
-            },
-        )
+        Arc::new(move || {
+            let status = match (loaded.get(), draining.load(Ordering::Relaxed)) {
+                (_, true) => return (false, serde_json::json!({ "status": "shutting down" })),
+                (None, _) => return (false, serde_json::json!({ "status": "loading" })),
+                (Some(model), _) => model.name.clone(),
+            };
+            let models: Vec<_> = manager
+                .loaded()
+                .iter()
+                .map(|engine| serde_json::json!({ "info": engine.info(), "stats": engine.stats() }))
+                .collect();
+            (
+                true,
+                serde_json::json!({ "status": "ready", "default_model": status, "models": models }),
+            )
+        })
     };
     let sessions = CancellationToken::new();
     let stop_accepting = CancellationToken::new();

@@ -122,16 +122,16 @@ impl ModelManager {
     }
 
     /// The models loaded now.
-    pub fn loaded(&self) -> Vec<ModelInfo> {
+    pub fn loaded(&self) -> Vec<Arc<Engine>> {
         self.lock()
             .values()
-            .filter_map(|slot| slot.get().map(|engine| engine.info().clone()))
+            .filter_map(|slot| slot.get().cloned())
             .collect()
     }
 
     /// The registry's models and any other loaded model, with what is loaded where.
     pub fn status(&self) -> Vec<ModelStatus> {
-        let loaded = self.loaded();
+        let loaded: Vec<ModelInfo> = self.loaded().iter().map(|e| e.info().clone()).collect();
         let mut list: Vec<ModelStatus> = self
             .registry
             .models()

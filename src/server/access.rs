@@ -81,32 +81,26 @@ impl AccessPolicy {
         }
     }
 
-    fn check(&self, path: &str, headers: &HeaderMap) -> Result<(), Response> {
+    fn check(&self, path: &str, headers: &HeaderMap) -> Result<(), Denial> {
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default()
             .to_ascii_lowercase();
         if !self.host_allowed(&host) {
-            return Err(deny(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "Host `{host}` is not allowed (DNS-rebinding protection); start wick with \
+            return Err(Denial::forbidden(format!(
+                "Host `{host}` is not allowed (DNS-rebinding protection); start wick with \
                      --allowed-host {} to accept it",
-                    host_name(&host)
-                ),
-            ));
+                host_name(&host)
+            )));
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("(not text)");
             if !self.origin_allowed(origin) {
-                return Err(deny(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "Origin `{origin}` is not allowed; start wick with --allowed-origin \
-                         {origin} to accept pages from it"
-                    ),
-                ));
+                return Err(Denial::forbidden(format!(
+                    "Origin `{origin}` is not allowed; start wick with --allowed-origin {origin} \
+                     to accept pages from it"
+                )));
             }
         }
         if let Some(expected) = &self.api_key
@@ -124,17 +118,13 @@ impl AccessPolicy {
                 Some(_) => r#"Bearer realm="wick", error="invalid_token""#,
                 None => r#"Bearer realm="wick""#,
             };
-            let mut response = deny(
-                StatusCode::UNAUTHORIZED,
-                "this server requires `Authorization: Bearer <api key>` (the key given to \
-                 --api-key / WICK_API_KEY)"
+            return Err(Denial {
+                status: StatusCode::UNAUTHORIZED,
+                message: "this server requires `Authorization: Bearer <api key>` (the key given \
+                          to --api-key / WICK_API_KEY)"
                     .to_string(),
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-            return Err(response);
+                challenge: Some(challenge),
+            });
         }
         Ok(())
     }
@@ -155,9 +145,36 @@ fn host_name(authority: &str) -> &str {
     }
 }
 
-fn deny(status: StatusCode, message: String) -> Response {
-    tracing::warn!(%status, "refused: {message}");
-    (status, message).into_response()
+/// A refused request: its status, the reason, and for 401 the `WWW-Authenticate` challenge.
+#[derive(Debug)]
+struct Denial {
+    status: StatusCode,
+    message: String,
+    challenge: Option<&'static str>,
+}
+
+impl Denial {
+    fn forbidden(message: String) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message,
+            challenge: None,
+        }
+    }
+}
+
+impl IntoResponse for Denial {
+    fn into_response(self) -> Response {
+        tracing::warn!(status = %self.status, "refused: {}", self.message);
+        let mut response = (self.status, self.message).into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        response
+    }
 }
 
 pub async fn guard(
@@ -167,7 +184,7 @@ pub async fn guard(
 ) -> Response {
     match policy.check(request.uri().path(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(response) => response,
+        Err(denial) => denial.into_response(),
     }
 }
 
@@ -214,7 +231,7 @@ mod tests {
             ("origin", "http://evil.example.com"),
         ]);
         assert_eq!(
-            policy.check("/mcp", &foreign).unwrap_err().status(),
+            policy.check("/mcp", &foreign).unwrap_err().status,
             StatusCode::FORBIDDEN
         );
     }
@@ -249,13 +266,8 @@ mod tests {
         let wrong = policy
             .check("/mcp", &headers(&[host, ("authorization", "Bearer nope")]))
             .unwrap_err();
-        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-        assert!(
-            wrong.headers()[header::WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap()
-                .contains("invalid_token")
-        );
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert!(wrong.challenge.unwrap().contains("invalid_token"));
         assert!(policy.check("/mcp", &headers(&[host])).is_err());
         assert!(policy.check("/health", &headers(&[host])).is_ok());
     }

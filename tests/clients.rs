@@ -1,0 +1,175 @@
+//! Real MCP clients nobody here wrote — the official Python SDK and the official TypeScript
+//! SDKs — against `wick serve`, the binary users run. Each client prints every token as its
+//! progress notification arrives; these tests check what they printed.
+
+mod common;
+
+use std::process::Command;
+
+use common::process::{ServerProcess, client_script, node22, python};
+use serde_json::Value;
+
+/// What a client printed: its progress notifications and its final result.
+struct Transcript {
+    progress: Vec<Value>,
+    result: Value,
+    lines: Vec<(String, Value)>,
+}
+
+fn run(mut command: Command) -> Transcript {
+    let output = command.output().expect("the client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<(String, Value)> = stdout
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter_map(|(kind, json)| Some((kind.to_string(), serde_json::from_str(json).ok()?)))
+        .collect();
+    let progress = lines
+        .iter()
+        .filter(|(k, _)| k == "PROGRESS")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let result = lines
+        .iter()
+        .find(|(k, _)| k == "RESULT")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
+    Transcript {
+        progress,
+        result,
+        lines,
+    }
+}
+
+/// Every token arrived as progress, in order, and the pieces add up to the final text.
+fn check(transcript: &Transcript, protocol: &str) {
+    let Transcript {
+        progress, result, ..
+    } = transcript;
+    assert_eq!(result["protocol"], protocol);
+    assert_eq!(result["is_error"], false, "{result}");
+    assert!(
+        progress.len() >= 10,
+        "{} progress notifications",
+        progress.len()
+    );
+    let values: Vec<f64> = progress
+        .iter()
+        .map(|p| p["progress"].as_f64().unwrap())
+        .collect();
+    assert!(values.windows(2).all(|w| w[1] > w[0]), "{values:?}");
+    assert!(progress.iter().all(|p| p["total"] == 24.0));
+    let streamed: String = progress
+        .iter()
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, result["text"].as_str().unwrap());
+    assert_eq!(streamed, result["structured"]["text"].as_str().unwrap());
+    assert!(streamed.contains("Paris"), "{streamed}");
+}
+
+fn python_client(url: &str, mode: &str, extra: &[&str]) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(client_script("py_client.py"))
+        .args([url, mode])
+        .args(extra);
+    command
+}
+
+#[test]
+fn python_sdk_streamable_http_2025_11_25() {
+    let server = ServerProcess::serve(&[]);
+    check(
+        &run(python_client(&server.mcp(), "legacy", &[])),
+        "2025-11-25",
+    );
+}
+
+#[test]
+fn python_sdk_streamable_http_2026_07_28() {
+    let server = ServerProcess::serve(&[]);
+    check(
+        &run(python_client(&server.mcp(), "2026-07-28", &[])),
+        "2026-07-28",
+    );
+}
+
+#[test]
+fn python_sdk_legacy_sse_transport() {
+    let server = ServerProcess::serve(&[]);
+    let url = format!("{}/sse", server.base);
+    check(&run(python_client(&url, "sse", &[])), "2025-11-25");
+}
+
+/// The client abandons a long call after 5 tokens: the server stops that generation (seen in
+/// its counters) and answers the next call.
+fn python_cancel(mode: &str) {
+    let server = ServerProcess::serve(&["--max-active", "1"]);
+    let transcript = run(python_client(&server.mcp(), mode, &["cancel"]));
+    assert!(transcript.lines.iter().any(|(k, _)| k == "CANCELLED"));
+    assert!(!transcript.lines.iter().any(|(k, _)| k == "UNEXPECTED"));
+    assert_eq!(transcript.result["is_error"], false);
+    let mut stats = server.stats();
+    for _ in 0..100 {
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        stats = server.stats();
+    }
+    assert_eq!(stats["cancelled"], 1, "{stats}");
+    assert!(
+        stats["tokens"].as_u64().unwrap() < 200,
+        "the long call kept generating: {stats}"
+    );
+}
+
+#[test]
+fn python_sdk_cancellation_2025_11_25() {
+    python_cancel("legacy");
+}
+
+#[test]
+fn python_sdk_cancellation_2026_07_28() {
+    python_cancel("2026-07-28");
+}
+
+fn typescript_client(url: &str, flavour: &str) -> Command {
+    let mut command = Command::new(node22());
+    command
+        .arg(client_script("ts_sdk_client.mjs"))
+        .args([url, flavour]);
+    command
+}
+
+#[test]
+fn typescript_sdk_v1_streamable_http() {
+    let server = ServerProcess::serve(&[]);
+    check(&run(typescript_client(&server.mcp(), "v1")), "2025-11-25");
+}
+
+#[test]
+fn typescript_client_v2_streamable_http_2026_07_28() {
+    let server = ServerProcess::serve(&[]);
+    check(&run(typescript_client(&server.mcp(), "v2")), "2026-07-28");
+}
+
+#[test]
+fn python_sdk_with_a_bearer_token() {
+    let server = ServerProcess::serve(&["--api-key", "s3cret"]);
+    let mut without = python_client(&server.mcp(), "legacy", &[]);
+    without.env_remove("WICK_API_KEY");
+    assert!(
+        !without.output().unwrap().status.success(),
+        "no token, no service"
+    );
+    let mut with = python_client(&server.mcp(), "2026-07-28", &[]);
+    with.env("WICK_API_KEY", "s3cret");
+    check(&run(with), "2026-07-28");
+}

