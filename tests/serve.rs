@@ -1,0 +1,105 @@
+//! `wick serve` as a process: graceful shutdown and start-up errors.
+
+mod common;
+
+use std::process::Command;
+
+use common::process::ServerProcess;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+fn sigterm(server: &ServerProcess) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_lets_a_running_stream_finish_then_exits() {
+    let mut server = ServerProcess::serve(&[]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime.block_on(stream_through_sigterm(&server));
+    assert_eq!(
+        result["structuredContent"]["finish_reason"], "length",
+        "{result}"
+    );
+    assert_eq!(result["structuredContent"]["completion_tokens"], 120);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Streams a 120-token generation, sending SIGTERM after the third token; returns the result.
+async fn stream_through_sigterm(server: &ServerProcess) -> Value {
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "generate",
+        "arguments": {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 120, "temperature": 0},
+        "_meta": {"progressToken": "t", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let response = reqwest::Client::new()
+        .post(server.mcp())
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "generate")
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    let (mut buffer, mut progress, mut signalled) = (String::new(), 0, false);
+    let result = 'read: loop {
+        let chunk = body
+            .next()
+            .await
+            .expect("the stream stays open until the result")
+            .unwrap();
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let message: Value = serde_json::from_str(data).unwrap();
+            if message["method"] == "notifications/progress" {
+                progress += 1;
+                if progress == 3 && !signalled {
+                    sigterm(&server);
+                    signalled = true;
+                }
+            } else if message.get("result").is_some() {
+                break 'read message["result"].clone();
+            }
+        }
+    };
+    assert!(signalled);
+    result
+}
+
+#[test]
+fn an_unknown_model_stops_serve_with_a_clear_error() {
+    let output = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["serve", "--port", "0", "--model", "no-such-model"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown model `no-such-model`"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["serve", "--port", &port])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot listen on") && stderr.contains("--port"),
+        "{stderr}"
+    );
+}
