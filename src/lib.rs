@@ -27,6 +27,7 @@
 pub mod cli;
 pub mod engine;
 mod error;
+pub mod export;
 pub mod fetch;
 pub mod registry;
 pub mod server;

@@ -65,7 +65,7 @@ async fn stream_through_sigterm(server: &ServerProcess) -> Value {
             if message["method"] == "notifications/progress" {
                 progress += 1;
                 if progress == 3 && !signalled {
-                    sigterm(&server);
+                    sigterm(server);
                     signalled = true;
                 }
             } else if message.get("result").is_some() {

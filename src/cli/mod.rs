@@ -1,5 +1,6 @@
 //! The `wick` command line: `generate`, `serve`, `pull`, `models`, `bench`, `export`.
 
+mod export;
 mod generate;
 mod models;
 mod serve;
@@ -38,6 +39,8 @@ pub enum Command {
     Models(models::ModelsArgs),
     /// Serve models over MCP: Streamable HTTP at /mcp, legacy HTTP+SSE at /sse.
     Serve(serve::ServeArgs),
+    /// Write a GGUF model out in the Hugging Face safetensors layout.
+    Export(export::ExportArgs),
 }
 
 /// Which model, and where to run it.
@@ -150,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pull(args) => models::pull(args).await,
         Command::Models(args) => models::list(args).await,
         Command::Serve(args) => serve::run(args).await,
+        Command::Export(args) => export::run(args).await,
     }
 }
 

@@ -147,16 +147,28 @@ impl HubConfig {
                 self.cache_dir.display()
             )),
             HFError::EntryNotFound { .. } | HFError::RepoNotFound { .. } => {
-                // A 404 on a file download does not say whether the repository exists.
-                if self.offline || handle.exists().send().await.unwrap_or(true) {
-                    HubError::NotFound(format!("{repo} has no file {file} (404 from {endpoint})"))
-                } else {
-                    HubError::Other(format!(
-                        "repository {} not found on {endpoint} (404); check the name, or set \
-                         HF_TOKEN if it is private",
-                        repo.repo
-                    ))
+                // A 404 on a file download does not say whether the repository or the revision
+                // exists: ask.
+                let online = !self.offline;
+                if online && !handle.exists().send().await.unwrap_or(true) {
+                    return repo_not_found(repo, endpoint);
                 }
+                let revision = &repo.revision;
+                let known = handle.revision_exists().revision(revision).send().await;
+                if online && !known.unwrap_or(true) {
+                    return HubError::Other(format!(
+                        "revision `{revision}` not found in {} on {endpoint}; check the branch, \
+                         tag or commit",
+                        repo.repo
+                    ));
+                }
+                HubError::NotFound(format!("{repo} has no file {file} (404 from {endpoint})"))
+            }
+            HFError::AuthRequired { context } | HFError::Forbidden { context }
+                if context.error_code.as_deref() == Some("RepoNotFound") =>
+            {
+                // The Hub answers 401 rather than 404 to anonymous callers for unknown repositories.
+                repo_not_found(repo, endpoint)
             }
             HFError::RevisionNotFound { revision, .. } => HubError::Other(format!(
                 "revision {revision} not found in {} on {endpoint}",
@@ -188,6 +200,14 @@ impl HubConfig {
             other => HubError::Other(format!("{other}")),
         }
     }
+}
+
+fn repo_not_found(repo: &RepoRef, endpoint: &str) -> HubError {
+    HubError::Other(format!(
+        "repository {} not found on {endpoint} (404); check the name, or set HF_TOKEN if it is \
+         private",
+        repo.repo
+    ))
 }
 
 /// The innermost error message, which names the real problem (DNS, refused, TLS...).

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::registry::FileSpec;
 
 pub use hub::HubConfig;
+pub use verify::sha256_hex;
 
 /// A model repository at a revision, plus what the registry knows about its files.
 #[derive(Clone, Debug, PartialEq, Eq)]

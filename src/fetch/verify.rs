@@ -51,6 +51,10 @@ fn stamp(path: &Path) -> Result<String> {
     Ok(format!("{} {} {}", real.display(), meta.len(), mtime))
 }
 
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let total = file.metadata()?.len();

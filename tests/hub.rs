@@ -1,0 +1,495 @@
+//! The Hugging Face backend: safetensors models made from the packaged GGUF (the Hub itself is
+//! out of reach here), downloaded through the real hf-hub code path from a Hub on loopback.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::hub::{COMMIT, HubBuilder};
+use common::{run, small_engine, small_gguf};
+use wick::fetch::HubConfig;
+use wick::{
+    Backend, DTypeChoice, GenerateRequest, LoadOptions, ManagerConfig, ModelManager, ModelSelector,
+    SamplingParams,
+};
+
+const REPO: &str = "wick-tests/SmolLM2-135M-Instruct";
+
+/// The SmolLM2 GGUF written out in the Hugging Face layout (f32), made once per machine and
+/// remade whenever the exporter or the tokenizer code changes.
+fn fixture(gguf: &Path) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let code = [
+            include_str!("../src/export.rs"),
+            include_str!("../src/engine/tokenizer.rs"),
+        ]
+        .concat();
+        let key = &wick::fetch::sha256_hex(code.as_bytes())[..16];
+        let root = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wick/test-fixtures");
+        let dir = root.join(format!("smollm2-135m-hf-f32-{key}"));
+        if !dir.join("model.safetensors").is_file() {
+            std::fs::create_dir_all(&root).unwrap();
+            let tmp = tempfile::tempdir_in(&root).unwrap();
+            wick::export::gguf_to_safetensors(gguf, tmp.path(), candle_core::DType::F32).unwrap();
+            // Another test process may have won the race; either copy is the same.
+            let _ = std::fs::rename(tmp.keep(), &dir);
+        }
+        dir
+    })
+    .clone()
+}
+
+async fn hf_fixture() -> PathBuf {
+    fixture(&small_gguf().await)
+}
+
+fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest::prompt(prompt).with_params(SamplingParams::greedy(max_tokens))
+}
+
+/// A manager whose Hub is `endpoint`, with fresh, empty caches under `cache`.
+fn manager_for(endpoint: &str, cache: &Path) -> ModelManager {
+    let mut config = ManagerConfig::from_env().unwrap();
+    let hub = HubConfig::from_env()
+        .with_endpoint(endpoint)
+        .with_cache_dir(cache.join("hub"))
+        .with_offline(false)
+        .with_token(None);
+    config.fetcher = config.fetcher.with_hub(hub).with_cache(cache.join("wick"));
+    config.load.device = wick::DeviceChoice::Cpu;
+    ModelManager::new(config)
+}
+
+fn repo(id: &str) -> ModelSelector {
+    ModelSelector::repo(id, None, Backend::Huggingface)
+}
+
+/// `wick` as a user runs it, with the Hub and caches set by environment variables.
+async fn wick(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wick"));
+    command
+        .args(args)
+        .env_remove("HF_TOKEN")
+        .env_remove("HF_HUB_OFFLINE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().await.unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn the_cli_downloads_caches_and_runs_offline() {
+    let fixture = hf_fixture().await;
+    let mut hub = HubBuilder::new().repo(REPO, &fixture).start().await;
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_str().unwrap();
+    let endpoint = hub.endpoint.clone();
+    let env = [("HF_ENDPOINT", endpoint.as_str()), ("HF_HOME", home_path)];
+    let args = [
+        "generate",
+        "The capital of France is",
+        "--backend",
+        "huggingface",
+        "--model",
+        REPO,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "12",
+    ];
+
+    let out = wick(&args, &env).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"), "{}", text(&out.stdout));
+    // The hub cache layout, as huggingface_hub writes it.
+    let snapshot = home
+        .path()
+        .join("hub/models--wick-tests--SmolLM2-135M-Instruct/snapshots")
+        .join(COMMIT);
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(snapshot.join(file).is_file(), "{file} not cached");
+    }
+    assert!(
+        hub.requests().iter().any(|r| r.starts_with("GET /lfs/")),
+        "the weights came through the LFS redirect"
+    );
+
+    // The Hub is gone: the cached copy serves.
+    hub.stop().await;
+    let out = wick(&args, &env).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"));
+
+    // Offline with an empty cache: an error that names the missing file.
+    let empty = tempfile::tempdir().unwrap();
+    let offline = [
+        ("HF_ENDPOINT", endpoint.as_str()),
+        ("HF_HOME", empty.path().to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let out = wick(&args, &offline).await;
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("HF_HUB_OFFLINE") && stderr.contains("config.json"),
+        "{stderr}"
+    );
+}
+
+/// Same weights, different arithmetic: the GGUF kernels quantize activations to 8 bits inside
+/// their Q4_1 matrix products, so a near-tie between two tokens can go either way; these prompts
+/// have a clear winner at each of their first 8 steps.
+#[tokio::test]
+async fn safetensors_greedy_matches_the_gguf_model() {
+    let fixture = hf_fixture().await;
+    let gguf = small_engine(LoadOptions::default()).await;
+    let hf = common::manager(LoadOptions::default())
+        .get(&ModelSelector::Path(fixture))
+        .await
+        .unwrap();
+    assert_eq!(hf.info().backend, Backend::Huggingface);
+    assert_eq!(hf.info().dtype, "f32");
+    for prompt in [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a small village,",
+    ] {
+        let (_, a, _) = run(&gguf, greedy(prompt, 8)).await;
+        let (_, b, _) = run(&hf, greedy(prompt, 8)).await;
+        assert_eq!(a, b, "first 8 greedy tokens differ for {prompt:?}");
+    }
+}
+
+#[tokio::test]
+async fn sharded_checkpoints_load() {
+    let fixture = hf_fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tensors = candle_core::safetensors::load(
+        fixture.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", shard + 1);
+        let subset: std::collections::HashMap<&String, candle_core::Tensor> =
+            part.iter().map(|n| (*n, tensors[*n].clone())).collect();
+        candle_core::safetensors::save(&subset, dir.path().join(&file)).unwrap();
+        for name in part {
+            weight_map.insert((*name).clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    for file in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).unwrap();
+    }
+
+    // Through the Hub: the index is fetched, then each shard it names.
+    let hub = HubBuilder::new()
+        .repo("wick-tests/sharded", dir.path())
+        .start()
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let sharded = manager_for(&hub.endpoint, cache.path())
+        .get(&repo("wick-tests/sharded"))
+        .await
+        .unwrap();
+    let whole = common::manager(LoadOptions::default())
+        .get(&ModelSelector::Path(fixture))
+        .await
+        .unwrap();
+    let prompt = "The capital of France is";
+    assert_eq!(
+        run(&sharded, greedy(prompt, 8)).await.1,
+        run(&whole, greedy(prompt, 8)).await.1
+    );
+    let requests = hub.requests();
+    for shard in [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        assert!(
+            requests.iter().any(|r| r.contains(shard)),
+            "{shard} was not fetched: {requests:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hub_errors_are_clear() {
+    let fixture = hf_fixture().await;
+    let hub = HubBuilder::new()
+        .repo(REPO, &fixture)
+        .gated_repo("wick-tests/gated", &fixture, "hf_right")
+        .start()
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let manager = manager_for(&hub.endpoint, cache.path());
+
+    let message = manager
+        .get(&repo("wick-tests/no-such-repo"))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("repository wick-tests/no-such-repo not found") && message.contains("404"),
+        "{message}"
+    );
+
+    let message = manager
+        .get(&repo("wick-tests/gated"))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("gated") && message.contains("HF_TOKEN=") && message.contains("401"),
+        "{message}"
+    );
+
+    // A token: a wrong one is refused with its own advice; the right one gets the files.
+    let with_token = |token: &str| {
+        let mut config = ManagerConfig::from_env().unwrap();
+        let hub_config = HubConfig::from_env()
+            .with_endpoint(hub.endpoint.clone())
+            .with_cache_dir(cache.path().join(format!("hub-{token}")))
+            .with_offline(false)
+            .with_token(Some(token.to_string()));
+        config.fetcher = config.fetcher.with_hub(hub_config);
+        config.load.device = wick::DeviceChoice::Cpu;
+        ModelManager::new(config)
+    };
+    let message = with_token("hf_wrong")
+        .get(&repo("wick-tests/gated"))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("403") && message.contains("refused"),
+        "{message}"
+    );
+    let engine = with_token("hf_right")
+        .get(&repo("wick-tests/gated"))
+        .await
+        .unwrap();
+    assert!(
+        run(&engine, greedy("The capital of France is", 4))
+            .await
+            .0
+            .concat()
+            .contains("Paris")
+    );
+
+    let message = manager
+        .get(&ModelSelector::repo(
+            REPO,
+            Some("v9".into()),
+            Backend::Huggingface,
+        ))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("revision `v9` not found"), "{message}");
+}
+
+#[tokio::test]
+async fn an_interrupted_download_leaves_nothing_to_trust() {
+    let fixture = hf_fixture().await;
+    let hub = HubBuilder::new().repo(REPO, &fixture).start().await;
+    let cache = tempfile::tempdir().unwrap();
+    hub.cut_next_download("model.safetensors", 5 << 20);
+    let message = manager_for(&hub.endpoint, cache.path())
+        .get(&repo(REPO))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("model.safetensors"), "{message}");
+    let repo_dir = cache
+        .path()
+        .join("hub/models--wick-tests--SmolLM2-135M-Instruct");
+    assert!(
+        !repo_dir
+            .join("snapshots")
+            .join(COMMIT)
+            .join("model.safetensors")
+            .exists()
+    );
+    // The next run downloads the file again, whole, and the model works.
+    let engine = manager_for(&hub.endpoint, cache.path())
+        .get(&repo(REPO))
+        .await
+        .unwrap();
+    assert!(
+        run(&engine, greedy("The capital of France is", 4))
+            .await
+            .0
+            .concat()
+            .contains("Paris")
+    );
+}
+
+#[tokio::test]
+async fn broken_local_models_are_clear_errors() {
+    let fixture = hf_fixture().await;
+    let manager = common::manager(LoadOptions::default());
+
+    let truncated = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(file), truncated.path().join(file)).unwrap();
+    }
+    let weights = std::fs::read(fixture.join("model.safetensors")).unwrap();
+    std::fs::write(
+        truncated.path().join("model.safetensors"),
+        &weights[..weights.len() / 2],
+    )
+    .unwrap();
+    let message = manager
+        .get(&ModelSelector::Path(truncated.path().into()))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("model.safetensors") && message.contains("truncated"),
+        "{message}"
+    );
+
+    let unknown = tempfile::tempdir().unwrap();
+    std::fs::write(
+        unknown.path().join("config.json"),
+        r#"{"model_type": "mamba"}"#,
+    )
+    .unwrap();
+    for file in ["tokenizer.json", "model.safetensors"] {
+        std::fs::write(unknown.path().join(file), b"").unwrap();
+    }
+    let message = manager
+        .get(&ModelSelector::Path(unknown.path().into()))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("`mamba`") && message.contains("llama, qwen2, qwen3, phi3"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn dtype_choices_on_the_cpu() {
+    let fixture = hf_fixture().await;
+    let with_dtype = |dtype| {
+        let mut config = ManagerConfig::from_env().unwrap();
+        config.load = LoadOptions {
+            device: wick::DeviceChoice::Cpu,
+            dtype,
+            ..LoadOptions::default()
+        };
+        ModelManager::new(config)
+    };
+    let f16 = with_dtype(DTypeChoice::F16)
+        .get(&ModelSelector::Path(fixture.clone()))
+        .await
+        .unwrap();
+    assert_eq!(f16.info().dtype, "f16");
+    assert_eq!(
+        run(&f16, greedy("The capital of France is", 4))
+            .await
+            .2
+            .completion_tokens,
+        4
+    );
+    let message = with_dtype(DTypeChoice::Bf16)
+        .get(&ModelSelector::Path(fixture))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("bf16") && message.contains("--dtype f32"),
+        "{message}"
+    );
+}
+
+/// A tiny random-weight model of `architecture` in the Hugging Face layout: candle's own model
+/// code asks for every weight it needs, so the files have exactly the names it loads.
+fn tiny_model(architecture: &str, fixture: &Path, dir: &Path) {
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+    use candle_transformers::models::{phi3, qwen2, qwen3};
+    let config = serde_json::json!({
+        "model_type": architecture, "vocab_size": 49152, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "max_position_embeddings": 512, "sliding_window": 512, "max_window_layers": 2,
+        "tie_word_embeddings": true, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "use_sliding_window": false, "hidden_act": "silu", "attention_bias": false,
+        "bos_token_id": 1, "eos_token_id": 2,
+    });
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    match architecture {
+        "qwen2" => drop(
+            qwen2::ModelForCausalLM::new(&serde_json::from_value(config.clone()).unwrap(), vb)
+                .unwrap(),
+        ),
+        "qwen3" => drop(
+            qwen3::ModelForCausalLM::new(&serde_json::from_value(config.clone()).unwrap(), vb)
+                .unwrap(),
+        ),
+        _ => drop(phi3::Model::new(&serde_json::from_value(config.clone()).unwrap(), vb).unwrap()),
+    }
+    varmap.save(dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(file), dir.join(file)).unwrap();
+    }
+}
+
+/// qwen2, qwen3 and phi3 load through the same path and keep concurrent sequences apart
+/// (candle keeps their KV caches inside the model; wick gives each sequence its own copy).
+#[tokio::test]
+async fn qwen2_qwen3_and_phi3_models_load_and_generate() {
+    let fixture = hf_fixture().await;
+    for architecture in ["qwen2", "qwen3", "phi3"] {
+        let dir = tempfile::tempdir().unwrap();
+        tiny_model(architecture, &fixture, dir.path());
+        let engine = common::manager(LoadOptions::default())
+            .get(&ModelSelector::Path(dir.path().into()))
+            .await
+            .unwrap_or_else(|e| panic!("{architecture}: {e}"));
+        assert_eq!(engine.info().architecture, architecture);
+        let mut request = greedy("The capital of France is", 8);
+        request.params.repeat_penalty = 1.0;
+        let (_, alone, summary) = run(&engine, request.clone()).await;
+        assert_eq!(summary.completion_tokens, alone.len());
+        let (a, b) = tokio::join!(run(&engine, request.clone()), run(&engine, request));
+        assert_eq!((a.1, b.1), (alone.clone(), alone), "{architecture}");
+    }
+}
