@@ -90,6 +90,12 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
+    #[error("cannot listen on {addr}: {source}; is another server using the port? (--port)")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

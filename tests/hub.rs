@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use common::hub::{COMMIT, HubBuilder};
 use common::{run, small_engine, small_gguf};
@@ -16,33 +15,8 @@ use wick::{
 
 const REPO: &str = "wick-tests/SmolLM2-135M-Instruct";
 
-/// The SmolLM2 GGUF written out in the Hugging Face layout (f32), made once per machine and
-/// remade whenever the exporter or the tokenizer code changes.
-fn fixture(gguf: &Path) -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let code = [
-            include_str!("../src/export.rs"),
-            include_str!("../src/engine/tokenizer.rs"),
-        ]
-        .concat();
-        let key = &wick::fetch::sha256_hex(code.as_bytes())[..16];
-        let root = PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/wick/test-fixtures");
-        let dir = root.join(format!("smollm2-135m-hf-f32-{key}"));
-        if !dir.join("model.safetensors").is_file() {
-            std::fs::create_dir_all(&root).unwrap();
-            let tmp = tempfile::tempdir_in(&root).unwrap();
-            wick::export::gguf_to_safetensors(gguf, tmp.path(), candle_core::DType::F32).unwrap();
-            // Another test process may have won the race; either copy is the same.
-            let _ = std::fs::rename(tmp.keep(), &dir);
-        }
-        dir
-    })
-    .clone()
-}
-
 async fn hf_fixture() -> PathBuf {
-    fixture(&small_gguf().await)
+    common::fixture::hf_fixture(&small_gguf().await)
 }
 
 fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {

@@ -1,5 +1,6 @@
 //! The `wick` command line: `generate`, `serve`, `pull`, `models`, `bench`, `export`.
 
+mod bench;
 mod export;
 mod generate;
 mod models;
@@ -25,6 +26,9 @@ pub struct Cli {
     /// Only print errors (RUST_LOG overrides).
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// CPU threads for the model's math (default: one per physical core).
+    #[arg(short = 't', long, global = true)]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -41,6 +45,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Write a GGUF model out in the Hugging Face safetensors layout.
     Export(export::ExportArgs),
+    /// Measure prompt processing and generation speed, as llama.cpp's llama-bench does.
+    Bench(bench::BenchArgs),
 }
 
 /// Which model, and where to run it.
@@ -142,6 +148,7 @@ impl SamplingArgs {
             repeat_last_n: self.repeat_last_n,
             seed: self.seed,
             stop: self.stop.clone(),
+            ignore_eos: false,
         }
     }
 }
@@ -154,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(args) => models::list(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Export(args) => export::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

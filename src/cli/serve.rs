@@ -1,20 +1,14 @@
 //! `wick serve`: the MCP server.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::ModelArgs;
-use crate::engine::{LoadOptions, ModelInfo};
-use crate::server::mcp::{ToolState, WickMcp};
-use crate::server::{self, HealthCheck, ServerOptions};
+use crate::engine::LoadOptions;
+use crate::server::{self, ServerOptions};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -58,8 +52,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         queue_limit: args.queue_limit,
         ..LoadOptions::default()
     })?);
-    let selector = args.model.selector();
-    manager.resolve(&selector)?;
     let options = ServerOptions {
         host: args.host,
         port: args.port,
@@ -70,98 +62,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         session_idle_timeout: Duration::from_secs(args.session_idle_timeout),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
-
-    let state = Arc::new(ToolState {
-        manager: manager.clone(),
-        default_model: selector.clone(),
-        default_backend: args.model.backend,
-        in_flight: TaskTracker::new(),
-    });
-    let loaded: Arc<OnceLock<ModelInfo>> = Arc::default();
-    let draining = Arc::new(AtomicBool::new(false));
-    let health: HealthCheck = {
-        let (loaded, draining, manager) = (loaded.clone(), draining.clone(), manager.clone());
-        Arc::new(move || {
-            let status = match (loaded.get(), draining.load(Ordering::Relaxed)) {
-                (_, true) => return (false, serde_json::json!({ "status": "shutting down" })),
-                (None, _) => return (false, serde_json::json!({ "status": "loading" })),
-                (Some(model), _) => model.name.clone(),
-            };
-            let models: Vec<_> = manager
-                .loaded()
-                .iter()
-                .map(|engine| serde_json::json!({ "info": engine.info(), "stats": engine.stats() }))
-                .collect();
-            (
-                true,
-                serde_json::json!({ "status": "ready", "default_model": status, "models": models }),
-            )
-        })
-    };
-    let sessions = CancellationToken::new();
-    let stop_accepting = CancellationToken::new();
-    let tools = state.clone();
-    let app = server::router(
-        &options,
-        sessions.clone(),
-        move || WickMcp::new(tools.clone()),
-        health,
-    );
-
-    let addr = options.addr();
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr}; is another server using the port? (--port)")
-    })?;
-    let local = listener.local_addr()?;
-    println!("wick: serving MCP at http://{local}/mcp (legacy SSE at http://{local}/sse)");
-    std::io::stdout().flush()?;
-    if !args.host.is_loopback() && options.api_key.is_none() {
-        tracing::warn!(
-            "listening on {} without --api-key: anyone who can reach it can use it",
-            args.host
-        );
-    }
-    let mut server = tokio::spawn(server::serve(listener, app, stop_accepting.clone()));
-
-    let engine = tokio::select! {
-        engine = manager.get(&selector) => engine,
-        _ = server::shutdown_signal() => {
-            sessions.cancel();
-            stop_accepting.cancel();
-            return Ok(());
-        }
-    };
-    match engine {
-        Ok(engine) => {
-            let _ = loaded.set(engine.info().clone());
-            tracing::info!(model = %engine.info().name, device = %engine.info().device, "ready");
-        }
-        Err(e) => {
-            sessions.cancel();
-            stop_accepting.cancel();
-            return Err(e).context("cannot load the model to serve");
-        }
-    }
-
-    tokio::select! {
-        _ = server::shutdown_signal() => {}
-        result = &mut server => return Ok(result??),
-    }
-    draining.store(true, Ordering::Relaxed);
-    stop_accepting.cancel();
-    state.in_flight.close();
-    tracing::info!(
-        running = state.in_flight.len(),
-        "shutting down: letting running generations finish (up to {}s; Ctrl-C again stops now)",
-        options.shutdown_grace.as_secs()
-    );
-    tokio::select! {
-        _ = state.in_flight.wait() => {}
-        _ = tokio::time::sleep(options.shutdown_grace) => tracing::warn!("grace period over; cancelling the rest"),
-        _ = server::shutdown_signal() => tracing::warn!("stopping now"),
-    }
-    sessions.cancel();
-    server.await??;
-    tracing::info!("stopped");
+    server::serve_models(options, manager, args.model.selector(), args.model.backend).await?;
     Ok(())
 }

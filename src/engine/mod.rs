@@ -42,6 +42,8 @@ pub enum Input {
     /// A conversation, rendered with the model's chat template; the reply ends at the end of
     /// the assistant's turn.
     Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are (benchmarks use prompts of an exact length).
+    Tokens(Vec<u32>),
 }
 
 /// One generation request.
@@ -62,7 +64,7 @@ impl GenerateRequest {
         Self::new(Input::Chat(messages))
     }
 
-    fn new(input: Input) -> Self {
+    pub fn new(input: Input) -> Self {
         Self {
             input,
             params: SamplingParams::default(),
@@ -145,6 +147,11 @@ impl Engine {
         }
     }
 
+    /// Number of token ids the tokenizer knows, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     /// The text of `tokens`, without special tokens.
     pub fn decode(&self, tokens: &[u32]) -> Result<String> {
         self.tokenizer
@@ -209,6 +216,15 @@ impl Engine {
                 })?;
                 // The rendered template carries its own BOS.
                 tokenizer::encode(&self.tokenizer, &chat.render(messages, true)?, false)
+            }
+            Input::Tokens(tokens) => {
+                let vocab = self.vocab_size();
+                match tokens.iter().find(|&&t| t as usize >= vocab) {
+                    Some(bad) => Err(Error::InvalidRequest(format!(
+                        "token id {bad} is outside the vocabulary ({vocab} tokens)"
+                    ))),
+                    None => Ok(tokens.clone()),
+                }
             }
         }
     }

@@ -25,6 +25,8 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// The generation ends before any of these texts, which are not part of the output.
     pub stop: Vec<String>,
+    /// Keep going past end-of-sequence tokens (benchmarks generate an exact token count).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -38,6 +40,7 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             seed: None,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

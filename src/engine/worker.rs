@@ -236,7 +236,7 @@ impl<'t> Sequence<'t> {
         self.generated += 1;
         self.counters.tokens.fetch_add(1, Relaxed);
         self.first_token.get_or_insert_with(Instant::now);
-        if setup.stop_ids.contains(&token) {
+        if !self.job.params.ignore_eos && setup.stop_ids.contains(&token) {
             let held = self.stops.flush();
             self.emit(token, held);
             self.finish(FinishReason::Stop, None);

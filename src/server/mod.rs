@@ -4,6 +4,7 @@
 mod access;
 mod malformed;
 pub mod mcp;
+mod run;
 mod sse_legacy;
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +23,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 pub use access::AccessPolicy;
+pub use run::{serve_models, shutdown_signal};
 
 /// How the server listens and whom it lets in.
 #[derive(Clone, Debug)]
@@ -149,24 +151,4 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
-}
-
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
-    }
 }

@@ -37,6 +37,8 @@ struct File {
 
 struct Repo {
     files: HashMap<String, File>,
+    /// The commit `main` points at.
+    commit: String,
     /// A gated repository answers only requests carrying this bearer token.
     token: Option<String>,
 }
@@ -62,19 +64,24 @@ impl HubBuilder {
         }
     }
 
-    /// Serves every file of `dir` as repository `id` (`owner/name`).
-    pub fn repo(mut self, id: &str, dir: &Path) -> Self {
-        self.add(id, dir, None);
+    /// Serves every file of `dir` as repository `id` (`owner/name`) at commit [`COMMIT`].
+    pub fn repo(self, id: &str, dir: &Path) -> Self {
+        self.repo_at(id, dir, COMMIT)
+    }
+
+    /// Serves `dir` as repository `id` whose `main` is at `commit`.
+    pub fn repo_at(mut self, id: &str, dir: &Path, commit: &str) -> Self {
+        self.add(id, dir, commit, None);
         self
     }
 
     /// A gated repository: only `Authorization: Bearer {token}` gets its files.
     pub fn gated_repo(mut self, id: &str, dir: &Path, token: &str) -> Self {
-        self.add(id, dir, Some(token.to_string()));
+        self.add(id, dir, COMMIT, Some(token.to_string()));
         self
     }
 
-    fn add(&mut self, id: &str, dir: &Path, token: Option<String>) {
+    fn add(&mut self, id: &str, dir: &Path, commit: &str, token: Option<String>) {
         let mut files = HashMap::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -94,7 +101,14 @@ impl HubBuilder {
                 },
             );
         }
-        self.hub.repos.insert(id.to_string(), Repo { files, token });
+        self.hub.repos.insert(
+            id.to_string(),
+            Repo {
+                files,
+                commit: commit.to_string(),
+                token,
+            },
+        );
     }
 
     pub async fn start(self) -> FakeHub {
@@ -167,15 +181,20 @@ struct HubError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    commit: bool,
+    commit: Option<String>,
 }
 
-fn hub_error(status: StatusCode, code: &'static str, message: &str, commit: bool) -> HubError {
+fn hub_error(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    commit: Option<&str>,
+) -> HubError {
     HubError {
         status,
         code,
         message: message.to_string(),
-        commit,
+        commit: commit.map(str::to_string),
     }
 }
 
@@ -186,8 +205,8 @@ impl IntoResponse for HubError {
         let headers = response.headers_mut();
         headers.insert("x-error-code", self.code.parse().unwrap());
         headers.insert("x-error-message", self.message.parse().unwrap());
-        if self.commit {
-            headers.insert("x-repo-commit", COMMIT.parse().unwrap());
+        if let Some(commit) = self.commit {
+            headers.insert("x-repo-commit", commit.parse().unwrap());
         }
         response
     }
@@ -200,7 +219,7 @@ fn repo<'a>(hub: &'a Hub, id: &str, headers: &HeaderMap) -> Result<&'a Repo, Hub
             StatusCode::NOT_FOUND,
             "RepoNotFound",
             "Repository not found",
-            false,
+            None,
         ));
     };
     if let Some(token) = &repo.token {
@@ -217,7 +236,7 @@ fn repo<'a>(hub: &'a Hub, id: &str, headers: &HeaderMap) -> Result<&'a Repo, Hub
                     StatusCode::UNAUTHORIZED,
                     "GatedRepo",
                     &message,
-                    false,
+                    None,
                 ));
             }
             Some(t) if t != token => {
@@ -228,7 +247,7 @@ fn repo<'a>(hub: &'a Hub, id: &str, headers: &HeaderMap) -> Result<&'a Repo, Hub
                     StatusCode::FORBIDDEN,
                     "GatedRepo",
                     &message,
-                    false,
+                    None,
                 ));
             }
             Some(_) => {}
@@ -237,15 +256,15 @@ fn repo<'a>(hub: &'a Hub, id: &str, headers: &HeaderMap) -> Result<&'a Repo, Hub
     Ok(repo)
 }
 
-fn check_revision(revision: &str) -> Result<(), HubError> {
-    if revision == "main" || revision == COMMIT {
+fn check_revision(repo: &Repo, revision: &str) -> Result<(), HubError> {
+    if revision == "main" || revision == repo.commit {
         Ok(())
     } else {
         Err(hub_error(
             StatusCode::NOT_FOUND,
             "RevisionNotFound",
             "Invalid rev id",
-            false,
+            None,
         ))
     }
 }
@@ -271,7 +290,7 @@ fn info(hub: &Hub, id: &str, revision: &str, headers: &HeaderMap) -> Response {
         .lock()
         .unwrap()
         .push(format!("GET /api/models/{id}"));
-    let repo = match repo(hub, id, headers).and_then(|r| check_revision(revision).map(|()| r)) {
+    let repo = match repo(hub, id, headers).and_then(|r| check_revision(r, revision).map(|()| r)) {
         Ok(repo) => repo,
         Err(error) => return error.into_response(),
     };
@@ -280,7 +299,8 @@ fn info(hub: &Hub, id: &str, revision: &str, headers: &HeaderMap) -> Response {
         .keys()
         .map(|f| serde_json::json!({ "rfilename": f }))
         .collect();
-    axum::Json(serde_json::json!({ "id": id, "sha": COMMIT, "siblings": siblings })).into_response()
+    axum::Json(serde_json::json!({ "id": id, "sha": repo.commit, "siblings": siblings }))
+        .into_response()
 }
 
 async fn tree(
@@ -289,10 +309,11 @@ async fn tree(
     headers: HeaderMap,
 ) -> Response {
     let id = format!("{owner}/{name}");
-    let repo = match repo(&hub, &id, &headers).and_then(|r| check_revision(&revision).map(|()| r)) {
-        Ok(repo) => repo,
-        Err(error) => return error.into_response(),
-    };
+    let repo =
+        match repo(&hub, &id, &headers).and_then(|r| check_revision(r, &revision).map(|()| r)) {
+            Ok(repo) => repo,
+            Err(error) => return error.into_response(),
+        };
     let entries: Vec<_> = repo
         .files
         .iter()
@@ -312,13 +333,20 @@ async fn resolve(
         .lock()
         .unwrap()
         .push(format!("{method} /{id}/resolve/{revision}/{file}"));
-    let repo = match repo(&hub, &id, &headers).and_then(|r| check_revision(&revision).map(|()| r)) {
-        Ok(repo) => repo,
-        Err(error) => return error.into_response(),
-    };
+    let repo =
+        match repo(&hub, &id, &headers).and_then(|r| check_revision(r, &revision).map(|()| r)) {
+            Ok(repo) => repo,
+            Err(error) => return error.into_response(),
+        };
     let Some(entry) = repo.files.get(&file) else {
         let message = format!("{file} does not exist");
-        return hub_error(StatusCode::NOT_FOUND, "EntryNotFound", &message, true).into_response();
+        return hub_error(
+            StatusCode::NOT_FOUND,
+            "EntryNotFound",
+            &message,
+            Some(&repo.commit),
+        )
+        .into_response();
     };
     let etag = format!("\"{}\"", entry.sha256);
     if entry.size >= LFS_THRESHOLD {
@@ -335,7 +363,7 @@ async fn resolve(
             )
             .header("x-linked-etag", &etag)
             .header("x-linked-size", entry.size)
-            .header("x-repo-commit", COMMIT)
+            .header("x-repo-commit", &repo.commit)
             .header(header::ETAG, &etag)
             .body(Body::empty())
             .unwrap();
@@ -343,7 +371,7 @@ async fn resolve(
     let mut response = content(&hub, &entry.path, &file, &method, &headers);
     let extra = response.headers_mut();
     extra.insert(header::ETAG, etag.parse().unwrap());
-    extra.insert("x-repo-commit", COMMIT.parse().unwrap());
+    extra.insert("x-repo-commit", repo.commit.parse().unwrap());
     response
 }
 

@@ -2,6 +2,7 @@
 //! own fetch code (the pip mirror) into the normal cache, once per machine.
 #![allow(dead_code)]
 
+pub mod fixture;
 pub mod hub;
 pub mod process;
 pub mod server;

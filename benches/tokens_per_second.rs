@@ -1,0 +1,163 @@
+//! Tokens per second of the engine itself, for the small model as GGUF (Q4_1) and as the same
+//! weights through the `huggingface` backend (dequantized to f32 safetensors):
+//!
+//! - `prefill/<backend>/<N>`: a prompt of N tokens (16, 512) in one pass, in prompt tokens/s;
+//! - `decode/<backend>`: 32 tokens generated one by one after a 1-token prompt, in tokens/s;
+//! - `first_token/<backend>/<N>`: time from request to the first streamed token.
+//!
+//! `cargo bench --bench tokens_per_second`; `cargo test --benches` runs each once as a check.
+
+#[path = "../tests/common/fixture.rs"]
+mod fixture;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use futures::StreamExt;
+use wick::{
+    DeviceChoice, Engine, GenerateRequest, Input, LoadOptions, ManagerConfig, ModelManager,
+    ModelSelector, SamplingParams, TokenEvent,
+};
+
+const DECODE_TOKENS: usize = 32;
+
+fn engines(runtime: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<Engine>)> {
+    runtime.block_on(async {
+        let mut config = ManagerConfig::from_env().expect("registry");
+        config.load = LoadOptions {
+            device: DeviceChoice::Cpu,
+            max_active: 1,
+            ..LoadOptions::default()
+        };
+        let manager = ModelManager::new(config);
+        let gguf_path = manager
+            .pull(&ModelSelector::default())
+            .await
+            .expect("the small model")[0]
+            .clone();
+        let gguf = manager
+            .get(&ModelSelector::default())
+            .await
+            .expect("GGUF model");
+        let hf_dir = fixture::hf_fixture(&gguf_path);
+        let hf = manager
+            .get(&ModelSelector::Path(hf_dir))
+            .await
+            .expect("safetensors model");
+        vec![("gguf", gguf), ("huggingface", hf)]
+    })
+}
+
+/// Token ids that are ordinary words, so no special token sneaks into a prompt.
+fn prompt(engine: &Engine, len: usize) -> Vec<u32> {
+    let text =
+        "The quick brown fox jumps over the lazy dog while the sun sets slowly. ".repeat(len);
+    let ids = engine.encode_input(&Input::Prompt(text)).expect("encode");
+    ids[..len].to_vec()
+}
+
+fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest::new(Input::Tokens(tokens)).with_params(SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(max_tokens)
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engines = engines(&runtime);
+
+    let mut prefill = c.benchmark_group("prefill");
+    prefill
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    for (backend, engine) in &engines {
+        for len in [16, 512] {
+            let tokens = prompt(engine, len);
+            prefill.throughput(Throughput::Elements(len as u64));
+            prefill.bench_function(BenchmarkId::new(*backend, len), |b| {
+                b.to_async(&runtime).iter_custom(|iters| {
+                    let (engine, tokens) = (engine.clone(), tokens.clone());
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let done = engine
+                                .generate(request(tokens.clone(), 1))
+                                .expect("accepted")
+                                .collect_text()
+                                .await;
+                            total += Duration::from_secs_f64(
+                                len as f64 / done.summary.prefill_tokens_per_second,
+                            );
+                        }
+                        total
+                    }
+                });
+            });
+        }
+    }
+    prefill.finish();
+
+    let mut decode = c.benchmark_group("decode");
+    decode
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    decode.throughput(Throughput::Elements(DECODE_TOKENS as u64));
+    for (backend, engine) in &engines {
+        let tokens = prompt(engine, 1);
+        decode.bench_function(*backend, |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let (engine, tokens) = (engine.clone(), tokens.clone());
+                async move {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let done = engine
+                            .generate(request(tokens.clone(), DECODE_TOKENS))
+                            .expect("accepted")
+                            .collect_text()
+                            .await;
+                        total += done.summary.total_time;
+                    }
+                    total
+                }
+            });
+        });
+    }
+    decode.finish();
+
+    let mut first = c.benchmark_group("first_token");
+    first
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(15));
+    for (backend, engine) in &engines {
+        for len in [16, 512] {
+            let tokens = prompt(engine, len);
+            first.bench_function(BenchmarkId::new(*backend, len), |b| {
+                b.to_async(&runtime).iter_custom(|iters| {
+                    let (engine, tokens) = (engine.clone(), tokens.clone());
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let start = Instant::now();
+                            let mut stream = engine
+                                .generate(request(tokens.clone(), 2))
+                                .expect("accepted");
+                            while let Some(event) = stream.next().await {
+                                if matches!(event, TokenEvent::Token(_)) {
+                                    total += start.elapsed();
+                                    break;
+                                }
+                            }
+                        }
+                        total
+                    }
+                });
+            });
+        }
+    }
+    first.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

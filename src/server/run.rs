@@ -1,0 +1,147 @@
+//! Running the server as `wick serve` does: bind, load the default model, serve, and on
+//! SIGINT/SIGTERM stop accepting, let running generations finish, then close every stream.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::mcp::{ToolState, WickMcp};
+use super::{HealthCheck, ServerOptions, router, serve};
+use crate::engine::{ModelInfo, ModelManager};
+use crate::error::{Error, Result};
+use crate::registry::{Backend, ModelSelector};
+
+/// Serves `manager`'s models over MCP until a shutdown signal, `default_model` loaded up front.
+/// Prints `wick: serving MCP at URL` on stdout once listening.
+pub async fn serve_models(
+    options: ServerOptions,
+    manager: Arc<ModelManager>,
+    default_model: ModelSelector,
+    default_backend: Backend,
+) -> Result<()> {
+    manager.resolve(&default_model)?;
+    let state = Arc::new(ToolState {
+        manager: manager.clone(),
+        default_model: default_model.clone(),
+        default_backend,
+        in_flight: TaskTracker::new(),
+    });
+    let loaded: Arc<OnceLock<ModelInfo>> = Arc::default();
+    let draining = Arc::new(AtomicBool::new(false));
+    let health = health_check(manager.clone(), loaded.clone(), draining.clone());
+    let sessions = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let tools = state.clone();
+    let app = router(
+        &options,
+        sessions.clone(),
+        move || WickMcp::new(tools.clone()),
+        health,
+    );
+
+    let addr = options.addr();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    let local = listener.local_addr()?;
+    println!("wick: serving MCP at http://{local}/mcp (legacy SSE at http://{local}/sse)");
+    std::io::stdout().flush()?;
+    if !options.host.is_loopback() && options.api_key.is_none() {
+        tracing::warn!(
+            "listening on {} without --api-key: anyone who can reach it can use it",
+            options.host
+        );
+    }
+    let mut server = tokio::spawn(serve(listener, app, stop_accepting.clone()));
+    let stop_now = || {
+        sessions.cancel();
+        stop_accepting.cancel();
+    };
+
+    let engine = tokio::select! {
+        engine = manager.get(&default_model) => engine,
+        _ = shutdown_signal() => {
+            stop_now();
+            return Ok(());
+        }
+    };
+    match engine {
+        Ok(engine) => {
+            let _ = loaded.set(engine.info().clone());
+            tracing::info!(model = %engine.info().name, device = %engine.info().device, "ready");
+        }
+        Err(e) => {
+            stop_now();
+            return Err(e);
+        }
+    }
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = &mut server => return Ok(result.map_err(std::io::Error::other)??),
+    }
+    draining.store(true, Ordering::Relaxed);
+    stop_accepting.cancel();
+    state.in_flight.close();
+    tracing::info!(
+        running = state.in_flight.len(),
+        "shutting down: letting running generations finish (up to {}s; Ctrl-C again stops now)",
+        options.shutdown_grace.as_secs()
+    );
+    tokio::select! {
+        _ = state.in_flight.wait() => {}
+        _ = tokio::time::sleep(options.shutdown_grace) => tracing::warn!("grace period over; cancelling the rest"),
+        _ = shutdown_signal() => tracing::warn!("stopping now"),
+    }
+    sessions.cancel();
+    server.await.map_err(std::io::Error::other)??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// 503 while loading or shutting down; then 200 with each loaded model and its counters.
+fn health_check(
+    manager: Arc<ModelManager>,
+    loaded: Arc<OnceLock<ModelInfo>>,
+    draining: Arc<AtomicBool>,
+) -> HealthCheck {
+    Arc::new(move || {
+        let default_model = match (loaded.get(), draining.load(Ordering::Relaxed)) {
+            (_, true) => return (false, serde_json::json!({ "status": "shutting down" })),
+            (None, _) => return (false, serde_json::json!({ "status": "loading" })),
+            (Some(model), _) => model.name.clone(),
+        };
+        let models: Vec<_> = manager
+            .loaded()
+            .iter()
+            .map(|engine| serde_json::json!({ "info": engine.info(), "stats": engine.stats() }))
+            .collect();
+        (
+            true,
+            serde_json::json!({ "status": "ready", "default_model": default_model, "models": models }),
+        )
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

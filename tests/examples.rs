@@ -1,0 +1,119 @@
+//! The examples users run first, run here with small token counts so that they cannot rot.
+
+mod common;
+
+use std::process::Command;
+
+use common::hub::HubBuilder;
+use common::process::{ServerProcess, example};
+
+fn run(mut command: Command) -> (String, String) {
+    let output = command.output().expect("the example runs");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[test]
+fn streaming_example_prints_tokens_and_a_summary() {
+    let mut command = Command::new(example("streaming_example"));
+    command.args(["The capital of France is", "--max-tokens", "8"]);
+    let (stdout, _) = run(command);
+    assert!(stdout.contains("Paris"), "{stdout}");
+    assert!(
+        stdout.contains("completion 8 tokens") && stdout.contains("finish length"),
+        "{stdout}"
+    );
+}
+
+/// Both backends of the small tier, the safetensors one through the real hf-hub code path
+/// from a Hub on loopback serving the registry's repository at its pinned revision.
+#[tokio::test]
+async fn streaming_test_compares_the_backends() {
+    let gguf = common::small_gguf().await;
+    let fixture = common::fixture::hf_fixture(&gguf);
+    let registry = wick::Registry::builtin().unwrap();
+    let entry = registry
+        .by_tier(wick::Tier::Small, wick::Backend::Huggingface)
+        .unwrap();
+    let hub = HubBuilder::new()
+        .repo_at(&entry.repo, &fixture, &entry.revision)
+        .start()
+        .await;
+    let home = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(example("streaming_test"));
+    command
+        .args([
+            "--backend",
+            "all",
+            "--max-tokens",
+            "8",
+            "--runs",
+            "2",
+            "--device",
+            "cpu",
+        ])
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_HOME", home.path());
+    let output = command.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("gguf") || l.starts_with("huggingface"))
+        .collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    for row in rows {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[2], "8", "{row}");
+        let decode: f64 = columns[7].parse().unwrap();
+        assert!(decode > 0.0, "{row}");
+    }
+}
+
+#[test]
+fn the_mcp_client_example_streams_from_the_mcp_server_example() {
+    let mut command = Command::new(example("streamable_http_mcp_server"));
+    command.args(["--port", "0"]);
+    let server = ServerProcess::spawn(command);
+    let client = example("streamable_http_mcp_client");
+    let cases = [
+        (server.mcp(), "streamable", "2025-11-25"),
+        (server.mcp(), "streamable", "2026-07-28"),
+        (format!("{}/sse", server.base), "sse", "2025-11-25"),
+    ];
+    for (url, transport, protocol) in cases {
+        let mut command = Command::new(&client);
+        command.args([
+            "--url",
+            &url,
+            "--transport",
+            transport,
+            "--protocol",
+            protocol,
+            "--max-tokens",
+            "12",
+        ]);
+        let (stdout, stderr) = run(command);
+        assert!(
+            stderr.contains("tools: chat, generate, list_models")
+                || stderr.contains("tools: generate"),
+            "{stderr}"
+        );
+        // The tokens (which may hold newlines), a newline, then the pretty-printed result.
+        let at = stdout.rfind("\n{\n").expect("tokens, then the result");
+        let (streamed, result) = (&stdout[..at], &stdout[at + 1..]);
+        let result: serde_json::Value =
+            serde_json::from_str(result).expect("the structured result");
+        assert_eq!(result["text"], streamed, "{transport} {protocol}");
+        assert!(streamed.contains("Paris"), "{streamed}");
+        assert_eq!(result["completion_tokens"], 12);
+    }
+}
