@@ -135,6 +135,9 @@ pub struct SamplingArgs {
     /// Stop before this text (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Generate all --max-tokens, past end-of-sequence tokens (for measuring).
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 impl SamplingArgs {
@@ -148,7 +151,7 @@ impl SamplingArgs {
             repeat_last_n: self.repeat_last_n,
             seed: self.seed,
             stop: self.stop.clone(),
-            ignore_eos: false,
+            ignore_eos: self.ignore_eos,
         }
     }
 }
