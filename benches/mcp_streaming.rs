@@ -13,7 +13,6 @@ use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
 use rmcp::service::{NotificationContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ServiceExt};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wick::server::mcp::{ToolState, WickMcp};
 use wick::server::{self, HealthCheck, ServerOptions};
@@ -56,10 +55,10 @@ fn bench(c: &mut Criterion) {
             in_flight: TaskTracker::new(),
         });
         let health: HealthCheck = Arc::new(|| (true, serde_json::json!({})));
-        let sessions = CancellationToken::new();
+        let shutdown = server::Shutdown::default();
         let app = server::router(
             &ServerOptions::default(),
-            sessions.clone(),
+            &shutdown,
             move || WickMcp::new(state.clone()),
             health,
         );
@@ -67,12 +66,12 @@ fn bench(c: &mut Criterion) {
             .await
             .expect("port");
         let url = format!("http://{}/mcp", listener.local_addr().expect("address"));
-        tokio::spawn(server::serve(listener, app, sessions.clone()));
+        tokio::spawn(server::serve(listener, app, shutdown.sessions.clone()));
         let client = Counter::default()
             .serve(StreamableHttpClientTransport::from_uri(url))
             .await
             .expect("client");
-        (engine, client, sessions.drop_guard())
+        (engine, client, shutdown.sessions.drop_guard())
     });
 
     let mut group = c.benchmark_group("mcp_streaming");

@@ -84,11 +84,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let shared = Arc::new(Shared::new());
     let health: HealthCheck = Arc::new(|| (true, json!({ "status": "ready" })));
-    let sessions = CancellationToken::new();
+    let shutdown = wick::server::Shutdown::default();
     let stop_accepting = CancellationToken::new();
     let app = server::router(
         &options,
-        sessions.clone(),
+        &shutdown,
         move || Fixtures::new(shared.clone()),
         health,
     );
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
         _ = server::shutdown_signal() => {}
         result = &mut serving => return Ok(result??),
     }
-    sessions.cancel();
+    shutdown.sessions.cancel();
     stop_accepting.cancel();
     Ok(serving.await??)
 }

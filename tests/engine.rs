@@ -181,20 +181,20 @@ async fn a_full_queue_answers_busy() {
 #[tokio::test]
 async fn a_prompt_past_the_context_window_is_refused_before_any_work() {
     let engine = small_engine(LoadOptions::default()).await;
-    let long = "hello ".repeat(5000);
+    let long = "hello ".repeat(9000);
     let err = engine.generate(greedy(&long, 16)).err().expect("too long");
     let message = err.to_string();
     assert!(
         matches!(
             err,
             Error::ContextOverflow {
-                context_length: 4096,
+                context_length: 8192,
                 ..
             }
         ),
         "{message}"
     );
-    assert!(message.contains("context window of 4096"), "{message}");
+    assert!(message.contains("context window of 8192"), "{message}");
     assert_eq!(engine.stats().requests, 0);
 }
 

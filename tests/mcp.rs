@@ -624,7 +624,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             "smollm2-135m-instruct-q4_1",
         ),
         (
-            json!({"prompt": "hello ".repeat(5000), "max_tokens": 16}),
+            json!({"prompt": "hello ".repeat(9000), "max_tokens": 16}),
             "context window",
         ),
     ];

@@ -1,24 +1,19 @@
-//! Loading a quantized model from one `.gguf` file with candle's quantized model families.
+//! Loading a quantized model from one `.gguf` file.
 
 use std::fs::File;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use candle_core::Device;
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 
 use super::chat::TokenizerConfig;
 use super::load::LoadedModel;
 use super::model::Weights;
 use super::tokenizer;
+use super::transformer::{ARCHITECTURES, Transformer};
 use crate::error::{Error, Result};
-
-pub(crate) const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3"];
-
-/// Positions candle's llama kernels precompute rotary embeddings for.
-const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
-/// candle's qwen3 CPU KV cache holds this many positions.
-const QWEN3_CPU_MAX_POSITIONS: usize = 4096;
 
 /// Extra files that may come with a GGUF: a `tokenizer.json` and a `tokenizer_config.json`.
 #[derive(Default)]
@@ -49,13 +44,6 @@ pub(crate) fn load(
             supported: ARCHITECTURES.join(", "),
         });
     }
-    let declared = integer(&ct, &format!("{architecture}.context_length")).unwrap_or(4096) as usize;
-    let context_length = match architecture.as_str() {
-        "llama" => declared.min(LLAMA_MAX_POSITIONS),
-        "qwen3" if device.is_cpu() => declared.min(QWEN3_CPU_MAX_POSITIONS),
-        _ => declared,
-    };
-
     let tokenizer = match companions.tokenizer_json {
         Some(json) => tokenizer::from_file(json)?,
         None => tokenizer::from_gguf(&mut ct)?,
@@ -83,20 +71,14 @@ pub(crate) fn load(
     .filter_map(|key| integer(&ct, key))
     .collect();
 
-    let weights = match architecture.as_str() {
-        "llama" => Weights::QuantizedLlama(quantized_llama::ModelWeights::from_gguf(
-            ct, &mut file, device,
-        )?),
-        "qwen2" => Weights::QuantizedQwen2(quantized_qwen2::ModelWeights::from_gguf(
-            ct, &mut file, device,
-        )?),
-        _ => {
-            // Rotary tables in f32: candle's f16 default loses precision past ~2k positions.
-            ct.metadata.insert("general.dtype".into(), Value::U32(0));
-            Weights::QuantizedQwen3(quantized_qwen3::ModelWeights::from_gguf(
-                ct, &mut file, device,
-            )?)
-        }
+    let model = Arc::new(
+        Transformer::from_gguf(&ct, &mut file, device)
+            .map_err(|e| load_error(format!("cannot read the weights: {e}")))?,
+    );
+    let context_length = model.config().context_length;
+    let weights = Weights::Gguf {
+        cache: model.new_cache(),
+        model,
     };
     Ok(LoadedModel {
         weights,

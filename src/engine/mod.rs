@@ -10,6 +10,7 @@ mod model;
 pub(crate) mod sampling;
 pub(crate) mod stream;
 pub(crate) mod tokenizer;
+mod transformer;
 mod worker;
 
 use std::collections::HashSet;

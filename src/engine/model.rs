@@ -1,23 +1,25 @@
-//! One enum over the candle-transformers model families wick runs.
+//! One enum over the model implementations wick runs: its own transformer for GGUF files, and
+//! candle-transformers' models for safetensors.
 //!
-//! Every family keeps its KV cache somewhere different (inside the layers, or in a separate
-//! `Cache`). [`Weights::fork`] hides that: it returns a copy that shares the weights and has an
-//! empty cache of its own, so each sequence in flight gets its own cache. Families whose candle
-//! type cannot be copied run one sequence at a time instead ([`Weights::fork`] returns `None`).
+//! Each keeps its KV cache somewhere different (inside the layers, or in a separate cache).
+//! [`Weights::fork`] hides that: it returns a copy that shares the weights and has an empty cache
+//! of its own, so each sequence in flight gets its own cache. A family whose model cannot be
+//! copied would run one sequence at a time instead ([`Weights::fork`] returning `None`).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::{
-    llama, phi3, quantized_llama, quantized_qwen2, quantized_qwen3, qwen2, qwen3,
-};
+use candle_transformers::models::{llama, phi3, qwen2, qwen3};
 
+use super::transformer::{Cache, Transformer};
 use crate::error::Result;
 
 pub(crate) enum Weights {
-    QuantizedLlama(quantized_llama::ModelWeights),
-    QuantizedQwen2(quantized_qwen2::ModelWeights),
-    QuantizedQwen3(quantized_qwen3::ModelWeights),
+    /// A GGUF model (llama, qwen2, qwen3).
+    Gguf {
+        model: Arc<Transformer>,
+        cache: Cache,
+    },
     Llama {
         model: Arc<llama::Llama>,
         cache: llama::Cache,
@@ -31,11 +33,13 @@ impl Weights {
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last
     /// position as a 1-D f32 tensor.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor> {
+        if let Weights::Gguf { model, cache } = self {
+            debug_assert_eq!(cache.len(), pos);
+            return model.forward(tokens, cache);
+        }
         let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
         let logits = match self {
-            Weights::QuantizedLlama(m) => m.forward(&input, pos)?,
-            Weights::QuantizedQwen2(m) => m.forward(&input, pos)?,
-            Weights::QuantizedQwen3(m) => m.forward(&input, pos)?,
+            Weights::Gguf { .. } => unreachable!("handled above"),
             Weights::Llama { model, cache } => model.forward(&input, pos, cache)?,
             Weights::Qwen2(m) => m.forward(&input, pos)?,
             Weights::Qwen3(m) => m.forward(&input, pos)?,
@@ -49,9 +53,10 @@ impl Weights {
     /// Must be called on a model that has not run yet: some caches are written in place.
     pub fn fork(&self) -> Option<Weights> {
         Some(match self {
-            Weights::QuantizedLlama(m) => Weights::QuantizedLlama(m.clone()),
-            Weights::QuantizedQwen2(_) => return None,
-            Weights::QuantizedQwen3(m) => Weights::QuantizedQwen3(m.clone()),
+            Weights::Gguf { model, .. } => Weights::Gguf {
+                model: model.clone(),
+                cache: model.new_cache(),
+            },
             Weights::Llama { model, cache } => Weights::Llama {
                 model: model.clone(),
                 cache: cache.clone(),
@@ -65,9 +70,7 @@ impl Weights {
     /// Forgets the cached sequence, for families that are reused rather than forked.
     pub fn clear(&mut self) {
         match self {
-            Weights::QuantizedLlama(m) => m.clear_kv_cache(),
-            Weights::QuantizedQwen2(m) => m.clear_kv_cache(),
-            Weights::QuantizedQwen3(m) => m.clear_kv_cache(),
+            Weights::Gguf { model, cache } => *cache = model.new_cache(),
             Weights::Llama { .. } => {}
             Weights::Qwen2(m) => m.clear_kv_cache(),
             Weights::Qwen3(m) => m.clear_kv_cache(),
@@ -80,7 +83,7 @@ impl Weights {
     /// between; the others prefill the whole prompt at once.
     pub fn prefill_chunk(&self) -> Option<usize> {
         match self {
-            Weights::QuantizedLlama(_) | Weights::Llama { .. } => Some(512),
+            Weights::Gguf { .. } | Weights::Llama { .. } => Some(512),
             _ => None,
         }
     }

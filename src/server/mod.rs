@@ -12,13 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use futures::StreamExt;
 use rmcp::ServerHandler;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
@@ -67,12 +70,21 @@ impl ServerOptions {
 /// What `/health` answers: 200 with `body` when `ready`, else 503.
 pub type HealthCheck = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
 
+/// How a running server is wound down.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Cancelling it ends every MCP session and long-lived event stream.
+    pub sessions: CancellationToken,
+    /// Every POST response until its body has been sent whole: a tool call's stream ends only
+    /// after its final result, so waiting for these lets running calls finish and be delivered.
+    pub responses: TaskTracker,
+}
+
 /// The routes for any MCP handler, behind the access policy. `wick serve` mounts wick's tools;
 /// the conformance fixture server mounts its fixtures on the very same configuration.
-/// Cancelling `sessions` ends every MCP session and event stream.
 pub fn router<H, F>(
     options: &ServerOptions,
-    sessions: CancellationToken,
+    shutdown: &Shutdown,
     make_handler: F,
     health: HealthCheck,
 ) -> Router
@@ -92,7 +104,7 @@ where
         .disable_allowed_origins()
         .with_sse_keep_alive(Some(Duration::from_secs(5)))
         .with_max_request_body_bytes(options.max_body_bytes)
-        .with_cancellation_token(sessions.clone());
+        .with_cancellation_token(shutdown.sessions.clone());
     let factory = make_handler.clone();
     let mcp = StreamableHttpService::new(move || Ok(factory()), Arc::new(session_manager), config);
 
@@ -120,7 +132,7 @@ where
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn(malformed::reject_malformed))
-        .merge(sse_legacy::routes(make_handler, sessions))
+        .merge(sse_legacy::routes(make_handler, shutdown.sessions.clone()))
         .route(
             "/health",
             get(move || {
@@ -136,9 +148,31 @@ where
                 }
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            shutdown.responses.clone(),
+            track_posts,
+        ))
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(policy, access::guard))
         .layer(cors)
+}
+
+/// Holds a token of `responses` until a POST's response body has been sent (or dropped).
+async fn track_posts(
+    State(responses): State<TaskTracker>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    let token = responses.token();
+    let (parts, body) = next.run(request).await.into_parts();
+    let body = body.into_data_stream().map(move |chunk| {
+        let _sending = &token;
+        chunk
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// Serves `app` on `listener` until `stop` fires, then stops accepting connections and waits for

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::mcp::{ToolState, WickMcp};
-use super::{HealthCheck, ServerOptions, router, serve};
+use super::{HealthCheck, ServerOptions, Shutdown, router, serve};
 use crate::engine::{ModelInfo, ModelManager};
 use crate::error::{Error, Result};
 use crate::registry::{Backend, ModelSelector};
@@ -32,12 +32,12 @@ pub async fn serve_models(
     let loaded: Arc<OnceLock<ModelInfo>> = Arc::default();
     let draining = Arc::new(AtomicBool::new(false));
     let health = health_check(manager.clone(), loaded.clone(), draining.clone());
-    let sessions = CancellationToken::new();
+    let shutdown = Shutdown::default();
     let stop_accepting = CancellationToken::new();
     let tools = state.clone();
     let app = router(
         &options,
-        sessions.clone(),
+        &shutdown,
         move || WickMcp::new(tools.clone()),
         health,
     );
@@ -57,7 +57,7 @@ pub async fn serve_models(
     }
     let mut server = tokio::spawn(serve(listener, app, stop_accepting.clone()));
     let stop_now = || {
-        sessions.cancel();
+        shutdown.sessions.cancel();
         stop_accepting.cancel();
     };
 
@@ -91,12 +91,18 @@ pub async fn serve_models(
         "shutting down: letting running generations finish (up to {}s; Ctrl-C again stops now)",
         options.shutdown_grace.as_secs()
     );
+    // Running tool calls finish, then their responses (final results included) are sent whole.
+    shutdown.responses.close();
+    let finished = async {
+        state.in_flight.wait().await;
+        shutdown.responses.wait().await;
+    };
     tokio::select! {
-        _ = state.in_flight.wait() => {}
+        _ = finished => {}
         _ = tokio::time::sleep(options.shutdown_grace) => tracing::warn!("grace period over; cancelling the rest"),
         _ = shutdown_signal() => tracing::warn!("stopping now"),
     }
-    sessions.cancel();
+    shutdown.sessions.cancel();
     server.await.map_err(std::io::Error::other)??;
     tracing::info!("stopped");
     Ok(())

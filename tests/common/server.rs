@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use wick::server::mcp::{ToolState, WickMcp};
-use wick::server::{self, HealthCheck, ServerOptions};
+use wick::server::{self, HealthCheck, ServerOptions, Shutdown};
 use wick::{Engine, LoadOptions, ModelManager, ModelSelector};
 
 pub struct TestServer {
@@ -14,7 +14,7 @@ pub struct TestServer {
     pub manager: Arc<ModelManager>,
     /// MCP handler instances created: one per 2025-era session (and per stateless request).
     pub handlers: Arc<AtomicUsize>,
-    sessions: CancellationToken,
+    shutdown: Shutdown,
     stop: CancellationToken,
 }
 
@@ -30,11 +30,11 @@ impl TestServer {
         let handlers = Arc::new(AtomicUsize::new(0));
         let counter = handlers.clone();
         let health: HealthCheck = Arc::new(|| (true, serde_json::json!({ "status": "ready" })));
-        let sessions = CancellationToken::new();
+        let shutdown = Shutdown::default();
         let stop = CancellationToken::new();
         let app = server::router(
             &options,
-            sessions.clone(),
+            &shutdown,
             move || {
                 counter.fetch_add(1, Ordering::SeqCst);
                 WickMcp::new(state.clone())
@@ -48,7 +48,7 @@ impl TestServer {
             base,
             manager,
             handlers,
-            sessions,
+            shutdown,
             stop,
         };
         server.engine().await; // loaded before the first request
@@ -66,7 +66,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.sessions.cancel();
+        self.shutdown.sessions.cancel();
         self.stop.cancel();
     }
 }
