@@ -24,6 +24,13 @@ pub fn hf_fixture(gguf: &Path) -> PathBuf {
                 .expect("export");
             // Another process may have won the race; either copy is the same.
             let _ = std::fs::rename(tmp.keep(), &dir);
+            // Copies made by older exporters are never used again.
+            for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                let name = old.file_name().to_string_lossy().into_owned();
+                if name.starts_with("smollm2-135m-hf-f32-") && old.path() != dir {
+                    let _ = std::fs::remove_dir_all(old.path());
+                }
+            }
         }
         dir
     })
