@@ -96,11 +96,19 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error(transparent)]
+    #[error("{}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// candle's message without the backtrace it attaches when `RUST_BACKTRACE` is set.
+pub(crate) fn candle_message(error: &candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
+    }
 }
 
 impl Error {

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use crate::engine::tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, candle_message};
 
 /// Writes the Hugging Face layout of the llama-family GGUF `gguf` into `out` (created if needed),
 /// storing weights as `dtype`.
@@ -25,8 +25,8 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
         message,
     };
     let mut file = File::open(gguf)?;
-    let mut ct =
-        Content::read(&mut file).map_err(|e| load_error(format!("not a valid GGUF file ({e})")))?;
+    let mut ct = Content::read(&mut file)
+        .map_err(|e| load_error(format!("not a valid GGUF file ({})", candle_message(&e))))?;
     let meta = Metadata(&ct);
     let architecture = meta.string("general.architecture").unwrap_or_default();
     if architecture != "llama" {

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, candle_message};
 
 /// `--device`: `auto` (CUDA when this build has it and a GPU answers, else CPU), `cpu`,
 /// `cuda` or `cuda:N`.
@@ -61,8 +61,9 @@ impl DeviceChoice {
                 }
                 Device::new_cuda(ordinal).map_err(|e| {
                     Error::Device(format!(
-                        "CUDA device {ordinal} is not usable ({e}); check the driver with \
-                         nvidia-smi, or use --device cpu"
+                        "CUDA device {ordinal} is not usable ({}); check the driver with \
+                         nvidia-smi, or use --device cpu",
+                        candle_message(&e)
                     ))
                 })
             }
@@ -73,7 +74,10 @@ impl DeviceChoice {
                 match Device::new_cuda(0) {
                     Ok(device) => Ok(device),
                     Err(e) => {
-                        tracing::info!("no usable CUDA device ({e}); running on the CPU");
+                        tracing::info!(
+                            "no usable CUDA device ({}); running on the CPU",
+                            candle_message(&e)
+                        );
                         Ok(Device::Cpu)
                     }
                 }

@@ -11,7 +11,7 @@ use super::chat::ChatTemplate;
 use super::device::{DTypeChoice, DeviceChoice, describe};
 use super::load_gguf::{self, Companions};
 use super::load_hf::{self, HfFiles};
-use super::model::{ModelPool, Weights};
+use super::model::Weights;
 use super::worker::{self, WorkerSetup};
 use super::{Engine, ModelInfo};
 use crate::error::{Error, Result};
@@ -418,7 +418,7 @@ pub(crate) fn start_engine(
     worker::spawn(
         WorkerSetup {
             name: model.name.clone(),
-            pool: ModelPool::new(loaded.weights),
+            template: loaded.weights,
             tokenizer: tokenizer.clone(),
             stop_ids,
             device,

@@ -13,7 +13,7 @@ use super::load::LoadedModel;
 use super::model::Weights;
 use super::tokenizer;
 use super::transformer::{ARCHITECTURES, Transformer};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, candle_message};
 
 /// Extra files that may come with a GGUF: a `tokenizer.json` and a `tokenizer_config.json`.
 #[derive(Default)]
@@ -32,8 +32,8 @@ pub(crate) fn load(
         message,
     };
     let mut file = File::open(path).map_err(|e| load_error(format!("cannot open it: {e}")))?;
-    let mut ct =
-        Content::read(&mut file).map_err(|e| load_error(format!("not a valid GGUF file ({e})")))?;
+    let mut ct = Content::read(&mut file)
+        .map_err(|e| load_error(format!("not a valid GGUF file ({})", candle_message(&e))))?;
     check_complete(&ct, file.metadata()?.len()).map_err(load_error)?;
 
     let architecture = string(&ct, "general.architecture").unwrap_or_default();

@@ -14,7 +14,7 @@ use super::chat::TokenizerConfig;
 use super::load::LoadedModel;
 use super::model::Weights;
 use super::tokenizer;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, candle_message};
 
 pub(crate) const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3"];
 
@@ -95,7 +95,10 @@ pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<Loa
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
         .map_err(|e| Error::Load {
             path: files.weights.first().cloned().unwrap_or_default(),
-            message: format!("the safetensors weights are unreadable (truncated download?): {e}"),
+            message: format!(
+                "the safetensors weights are unreadable (truncated download?): {}",
+                candle_message(&e)
+            ),
         })?;
     let weights =
         build(&architecture, &config, vb, dtype, device).map_err(|message| Error::Load {
@@ -129,7 +132,9 @@ fn build(
         serde_json::from_value(config.clone())
             .map_err(|e| format!("config.json does not describe a {arch} model: {e}"))
     }
-    let weights_error = |e: candle_core::Error| format!("the weights do not fit the config: {e}");
+    let weights_error = |e: candle_core::Error| {
+        format!("the weights do not fit the config: {}", candle_message(&e))
+    };
     let flash_attn = cfg!(feature = "flash-attn");
     let built = std::panic::catch_unwind(AssertUnwindSafe(|| match architecture {
         "llama" => {

@@ -229,14 +229,6 @@ impl Engine {
             }
         }
     }
-
-    /// The model's chat template applied to `messages`, as text.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
-        self.chat
-            .as_ref()
-            .map_err(|why| Error::InvalidRequest(why.clone()))?
-            .render(messages, true)
-    }
 }
 
 /// Token ids that end a generation: the model's EOS ids and the chat template's end of turn.

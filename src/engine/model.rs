@@ -3,8 +3,7 @@
 //!
 //! Each keeps its KV cache somewhere different (inside the layers, or in a separate cache).
 //! [`Weights::fork`] hides that: it returns a copy that shares the weights and has an empty cache
-//! of its own, so each sequence in flight gets its own cache. A family whose model cannot be
-//! copied would run one sequence at a time instead ([`Weights::fork`] returning `None`).
+//! of its own, so each sequence in flight gets its own cache.
 
 use std::sync::Arc;
 
@@ -49,10 +48,10 @@ impl Weights {
         Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
     }
 
-    /// A copy with the same weights and an empty KV cache, if this family can be copied.
-    /// Must be called on a model that has not run yet: some caches are written in place.
-    pub fn fork(&self) -> Option<Weights> {
-        Some(match self {
+    /// A copy with the same weights and an empty KV cache. Call it on the model as loaded, never
+    /// run: some candle models write their cache in place, and copies would share it.
+    pub fn fork(&self) -> Weights {
+        match self {
             Weights::Gguf { model, .. } => Weights::Gguf {
                 model: model.clone(),
                 cache: model.new_cache(),
@@ -64,17 +63,6 @@ impl Weights {
             Weights::Qwen2(m) => Weights::Qwen2(m.clone()),
             Weights::Qwen3(m) => Weights::Qwen3(m.clone()),
             Weights::Phi3(m) => Weights::Phi3(m.clone()),
-        })
-    }
-
-    /// Forgets the cached sequence, for families that are reused rather than forked.
-    pub fn clear(&mut self) {
-        match self {
-            Weights::Gguf { model, cache } => *cache = model.new_cache(),
-            Weights::Llama { .. } => {}
-            Weights::Qwen2(m) => m.clear_kv_cache(),
-            Weights::Qwen3(m) => m.clear_kv_cache(),
-            Weights::Phi3(m) => m.clear_kv_cache(),
         }
     }
 
@@ -85,44 +73,6 @@ impl Weights {
         match self {
             Weights::Gguf { .. } | Weights::Llama { .. } => Some(512),
             _ => None,
-        }
-    }
-}
-
-/// Hands out a model with an empty cache for each new sequence.
-pub(crate) struct ModelPool {
-    template: Option<Weights>,
-    forkable: bool,
-}
-
-impl ModelPool {
-    pub fn new(template: Weights) -> Self {
-        let forkable = template.fork().is_some();
-        Self {
-            template: Some(template),
-            forkable,
-        }
-    }
-
-    /// How many sequences can be in flight at once (1 when the family cannot be forked).
-    pub fn capacity(&self, wanted: usize) -> usize {
-        if self.forkable { wanted.max(1) } else { 1 }
-    }
-
-    /// A model for a new sequence, or `None` while the only instance is in use.
-    pub fn acquire(&mut self) -> Option<Weights> {
-        if self.forkable {
-            self.template.as_ref().and_then(Weights::fork)
-        } else {
-            self.template.take()
-        }
-    }
-
-    /// Returns a model acquired earlier; forked copies are dropped with their cache.
-    pub fn release(&mut self, mut weights: Weights) {
-        if !self.forkable {
-            weights.clear();
-            self.template = Some(weights);
         }
     }
 }

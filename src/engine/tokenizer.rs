@@ -7,7 +7,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, candle_message};
 
 pub(crate) fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path).map_err(|e| Error::Load {
@@ -43,8 +43,12 @@ pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
             Value::String(name.to_string()),
         );
     }
-    let mut tokenizer = Tokenizer::from_gguf(ct)
-        .map_err(|e| Error::Tokenizer(format!("cannot rebuild the GGUF tokenizer: {e}")))?;
+    let mut tokenizer = Tokenizer::from_gguf(ct).map_err(|e| {
+        Error::Tokenizer(format!(
+            "cannot rebuild the GGUF tokenizer: {}",
+            candle_message(&e)
+        ))
+    })?;
     // GPT-2 style pre-tokenizers, as their tokenizer.json files configure them: no prefix space.
     let gpt2_regex = ByteLevel::new(false, true, true);
     match pre.as_str() {

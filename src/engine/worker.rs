@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
-use super::model::{ModelPool, Weights};
+use super::model::Weights;
 use super::sampling::{Sampler, SamplingParams, StopCheck, StopMatcher};
 use super::stream::{FinishReason, Summary, Token, TokenEvent};
 
@@ -41,7 +41,8 @@ impl Job {
 /// What the loop needs besides the queue.
 pub(crate) struct WorkerSetup {
     pub name: String,
-    pub pool: ModelPool,
+    /// The model as loaded; each sequence runs on a fork of it, with its own cache.
+    pub template: Weights,
     pub tokenizer: Arc<Tokenizer>,
     pub stop_ids: HashSet<u32>,
     pub device: Device,
@@ -56,9 +57,9 @@ pub(crate) fn spawn(setup: WorkerSetup, jobs: mpsc::Receiver<Job>) -> std::io::R
         .map(|_| ())
 }
 
-fn run(mut setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
+fn run(setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
     let tokenizer = setup.tokenizer.clone();
-    let capacity = setup.pool.capacity(setup.max_active);
+    let capacity = setup.max_active.max(1);
     let mut active: Vec<Sequence<'_>> = Vec::new();
     loop {
         while active.len() < capacity {
@@ -82,23 +83,14 @@ fn run(mut setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
                 setup.counters.cancelled.fetch_add(1, Relaxed);
                 continue;
             }
-            match setup.pool.acquire() {
-                Some(weights) => {
-                    setup.counters.active.fetch_add(1, Relaxed);
-                    active.push(Sequence::new(
-                        job,
-                        weights,
-                        &tokenizer,
-                        setup.counters.clone(),
-                    ));
-                }
-                // Unreachable while capacity matches the pool; fail the request rather than hang.
-                None => {
-                    let _ = job.events.try_send(TokenEvent::Done(Summary::failed(
-                        "no model instance was free for this request",
-                    )));
-                }
-            }
+            setup.counters.active.fetch_add(1, Relaxed);
+            let weights = setup.template.fork();
+            active.push(Sequence::new(
+                job,
+                weights,
+                &tokenizer,
+                setup.counters.clone(),
+            ));
         }
 
         for seq in &mut active {
@@ -117,11 +109,8 @@ fn run(mut setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
             }
         }
 
-        let (done, running): (Vec<_>, Vec<_>) = active.into_iter().partition(|s| s.finished);
-        active = running;
-        for seq in done {
-            setup.pool.release(seq.weights);
-        }
+        // A finished sequence is dropped with its cache.
+        active.retain(|seq| !seq.finished);
     }
 }
 

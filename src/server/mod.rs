@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
@@ -122,11 +122,9 @@ where
         .allow_methods(tower_http::cors::AllowMethods::mirror_request())
         .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
         .expose_headers([
-            "mcp-session-id"
-                .parse::<axum::http::HeaderName>()
-                .expect("static header name"),
-            "mcp-protocol-version".parse().expect("static header name"),
-            "www-authenticate".parse().expect("static header name"),
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("www-authenticate"),
         ]);
 
     Router::new()
