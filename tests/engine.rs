@@ -305,10 +305,13 @@ async fn a_mirror_copy_that_fails_its_sha256_is_rejected() {
     )
     .unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let mut config = wick::ManagerConfig::from_env().unwrap();
-    config.registry = registry;
-    config.fetcher = config.fetcher.with_cache(cache.path().to_path_buf());
-    let manager = wick::ModelManager::new(config);
+    let manager = common::manager_with(|config| {
+        config.registry = registry;
+        config.fetcher = config
+            .fetcher
+            .clone()
+            .with_cache(cache.path().to_path_buf());
+    });
     let err = manager
         .pull(&ModelSelector::Name("tampered".into()))
         .await

@@ -7,10 +7,8 @@ use std::path::{Path, PathBuf};
 
 use common::hub::{COMMIT, HubBuilder};
 use common::{run, small_engine, small_gguf};
-use wick::fetch::HubConfig;
 use wick::{
-    Backend, DTypeChoice, GenerateRequest, LoadOptions, ManagerConfig, ModelManager, ModelSelector,
-    SamplingParams,
+    Backend, DTypeChoice, GenerateRequest, LoadOptions, ModelManager, ModelSelector, SamplingParams,
 };
 
 const REPO: &str = "wick-tests/SmolLM2-135M-Instruct";
@@ -25,15 +23,7 @@ fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
 
 /// A manager whose Hub is `endpoint`, with fresh, empty caches under `cache`.
 fn manager_for(endpoint: &str, cache: &Path) -> ModelManager {
-    let mut config = ManagerConfig::from_env().unwrap();
-    let hub = HubConfig::from_env()
-        .with_endpoint(endpoint)
-        .with_cache_dir(cache.join("hub"))
-        .with_offline(false)
-        .with_token(None);
-    config.fetcher = config.fetcher.with_hub(hub).with_cache(cache.join("wick"));
-    config.load.device = wick::DeviceChoice::Cpu;
-    ModelManager::new(config)
+    common::manager_with(|config| config.fetcher = common::hub_at(endpoint, cache, None))
 }
 
 fn repo(id: &str) -> ModelSelector {
@@ -247,15 +237,10 @@ async fn hub_errors_are_clear() {
 
     // A token: a wrong one is refused with its own advice; the right one gets the files.
     let with_token = |token: &str| {
-        let mut config = ManagerConfig::from_env().unwrap();
-        let hub_config = HubConfig::from_env()
-            .with_endpoint(hub.endpoint.clone())
-            .with_cache_dir(cache.path().join(format!("hub-{token}")))
-            .with_offline(false)
-            .with_token(Some(token.to_string()));
-        config.fetcher = config.fetcher.with_hub(hub_config);
-        config.load.device = wick::DeviceChoice::Cpu;
-        ModelManager::new(config)
+        let cache = cache.path().join(token);
+        common::manager_with(|config| {
+            config.fetcher = common::hub_at(&hub.endpoint, &cache, Some(token))
+        })
     };
     let message = with_token("hf_wrong")
         .get(&repo("wick-tests/gated"))
@@ -379,15 +364,7 @@ async fn broken_local_models_are_clear_errors() {
 #[tokio::test]
 async fn dtype_choices_on_the_cpu() {
     let fixture = hf_fixture().await;
-    let with_dtype = |dtype| {
-        let mut config = ManagerConfig::from_env().unwrap();
-        config.load = LoadOptions {
-            device: wick::DeviceChoice::Cpu,
-            dtype,
-            ..LoadOptions::default()
-        };
-        ModelManager::new(config)
-    };
+    let with_dtype = |dtype| common::manager_with(|config| config.load.dtype = dtype);
     let f16 = with_dtype(DTypeChoice::F16)
         .get(&ModelSelector::Path(fixture.clone()))
         .await

@@ -16,13 +16,33 @@ use wick::{
     TokenEvent,
 };
 
+/// A manager configured from the environment, on the CPU, with `load` options.
 pub fn manager(load: LoadOptions) -> ModelManager {
+    manager_with(|config| config.load = load)
+}
+
+/// A manager configured from the environment, on the CPU, then changed by `edit`.
+pub fn manager_with(edit: impl FnOnce(&mut ManagerConfig)) -> ModelManager {
     let mut config = ManagerConfig::from_env().expect("registry");
-    config.load = LoadOptions {
-        device: wick::DeviceChoice::Cpu,
-        ..load
-    };
+    edit(&mut config);
+    config.load.device = wick::DeviceChoice::Cpu;
     ModelManager::new(config)
+}
+
+/// The Hub at `endpoint` (with `token`), its cache and wick's under `cache`.
+pub fn hub_at(
+    endpoint: &str,
+    cache: &std::path::Path,
+    token: Option<&str>,
+) -> wick::fetch::Fetcher {
+    let hub = wick::fetch::HubConfig::from_env()
+        .with_endpoint(endpoint)
+        .with_cache_dir(cache.join("hub"))
+        .with_offline(false)
+        .with_token(token.map(str::to_string));
+    wick::fetch::Fetcher::from_env()
+        .with_hub(hub)
+        .with_cache(cache.join("wick"))
 }
 
 /// The default small GGUF model, loaded with `load` options.
