@@ -828,3 +828,117 @@ async fn health_reports_ready() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+/// A 2025-11-25 client whose stream breaks mid-generation reconnects with `Last-Event-ID` and
+/// gets the rest: each request's events are kept for resumption, and a disconnect alone does
+/// not cancel a session's request.
+#[tokio::test]
+async fn a_broken_stream_resumes_from_last_event_id() {
+    use futures::StreamExt;
+    let server = server().await;
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let response = post(&http, &server, &init, &[]).await;
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let headers = [
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    post(
+        &http,
+        &server,
+        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        &headers,
+    )
+    .await;
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate",
+        "arguments": {"prompt": ENDLESS, "max_tokens": 48, "temperature": 0}, "_meta": {"progressToken": "r"}}});
+
+    /// `(id, message)` for each SSE event with data, until `stop` says enough.
+    async fn read(
+        response: reqwest::Response,
+        mut stop: impl FnMut(&[(String, Value)]) -> bool,
+    ) -> Vec<(String, Value)> {
+        let mut body = response.bytes_stream();
+        let (mut buffer, mut events) = (String::new(), Vec::new());
+        while !stop(&events) {
+            let Some(chunk) = body.next().await else {
+                break;
+            };
+            buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    event
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(str::trim)
+                };
+                if let (Some(id), Some(data)) = (field("id:"), field("data:"))
+                    && let Ok(message) = serde_json::from_str(data)
+                {
+                    events.push((id.to_string(), message));
+                }
+            }
+        }
+        events
+    }
+    let progress_count = |events: &[(String, Value)]| {
+        events
+            .iter()
+            .filter(|(_, m)| m["method"] == "notifications/progress")
+            .count()
+    };
+    let first = read(post(&http, &server, &call, &headers).await, |e| {
+        progress_count(e) >= 5
+    })
+    .await;
+    let last_id = first.last().unwrap().0.clone();
+    // The client went away; it comes back for the rest.
+    let resumed = http
+        .get(server.mcp())
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), 200);
+    let rest = read(resumed, |e| {
+        e.iter().any(|(_, m)| m.get("result").is_some())
+    })
+    .await;
+    let events: Vec<&Value> = first.iter().chain(&rest).map(|(_, m)| m).collect();
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|m| m["method"] == "notifications/progress")
+        .copied()
+        .collect();
+    let steps: Vec<f64> = progress
+        .iter()
+        .map(|m| m["params"]["progress"].as_f64().unwrap())
+        .collect();
+    assert!(
+        steps.windows(2).all(|w| w[1] > w[0]),
+        "nothing repeated: {steps:?}"
+    );
+    let streamed: String = progress
+        .iter()
+        .map(|m| m["params"]["message"].as_str().unwrap())
+        .collect();
+    let result = events
+        .iter()
+        .find_map(|m| m.get("result"))
+        .expect("the result after resuming");
+    assert_eq!(
+        result["structuredContent"]["text"],
+        streamed.as_str(),
+        "nothing lost"
+    );
+    assert!(!rest.is_empty() && progress_count(&first) >= 5);
+}

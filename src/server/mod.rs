@@ -4,6 +4,7 @@
 mod access;
 mod malformed;
 pub mod mcp;
+mod resume;
 mod run;
 mod sse_legacy;
 
@@ -106,7 +107,11 @@ where
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(shutdown.sessions.clone());
     let factory = make_handler.clone();
-    let mcp = StreamableHttpService::new(move || Ok(factory()), Arc::new(session_manager), config);
+    let mcp = StreamableHttpService::new(
+        move || Ok(factory()),
+        Arc::new(resume::ResumeAfter(session_manager)),
+        config,
+    );
 
     let policy = Arc::new(AccessPolicy::new(
         options.host,
