@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
+use crate::engine::gguf_metadata::Metadata;
 use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
 
@@ -36,12 +37,13 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
             supported: "llama (export)".into(),
         });
     }
-    let heads = meta.required("llama.attention.head_count")?;
+    let required = |key: &str| meta.required(key).map_err(load_error);
+    let heads = required("llama.attention.head_count")?;
     let kv_heads = meta
         .integer("llama.attention.head_count_kv")
         .unwrap_or(heads);
-    let layers = meta.required("llama.block_count")?;
-    let hidden = meta.required("llama.embedding_length")?;
+    let layers = required("llama.block_count")?;
+    let hidden = required("llama.embedding_length")?;
     let bos = meta.integer("tokenizer.ggml.bos_token_id");
     let eos = meta.integer("tokenizer.ggml.eos_token_id");
     let has_output = ct.tensor_infos.contains_key("output.weight");
@@ -49,7 +51,7 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": hidden,
-        "intermediate_size": meta.required("llama.feed_forward_length")?,
+        "intermediate_size": required("llama.feed_forward_length")?,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
@@ -157,46 +159,6 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
     std::fs::write(path, text)?;
     Ok(())
-}
-
-struct Metadata<'a>(&'a Content);
-
-impl Metadata<'_> {
-    fn string(&self, key: &str) -> Option<String> {
-        match self.0.metadata.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    fn integer(&self, key: &str) -> Option<u32> {
-        self.0
-            .metadata
-            .get(key)?
-            .to_u64()
-            .ok()
-            .and_then(|v| u32::try_from(v).ok())
-    }
-
-    fn required(&self, key: &str) -> Result<u32> {
-        self.integer(key)
-            .ok_or_else(|| Error::InvalidRequest(format!("the GGUF file has no `{key}`")))
-    }
-
-    fn float(&self, key: &str) -> Option<f64> {
-        match self.0.metadata.get(key)? {
-            Value::F32(v) => Some(f64::from(*v)),
-            Value::F64(v) => Some(*v),
-            _ => None,
-        }
-    }
-
-    fn array_len(&self, key: &str) -> usize {
-        match self.0.metadata.get(key) {
-            Some(Value::Array(items)) => items.len(),
-            _ => 0,
-        }
-    }
 }
 
 #[cfg(test)]

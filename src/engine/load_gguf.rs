@@ -2,17 +2,17 @@
 
 use std::fs::File;
 use std::path::Path;
-
 use std::sync::Arc;
 
 use candle_core::Device;
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 
 use super::chat::TokenizerConfig;
+use super::gguf_metadata::Metadata;
 use super::load::LoadedModel;
 use super::model::Weights;
 use super::tokenizer;
-use super::transformer::{ARCHITECTURES, Transformer};
+use super::transformer::{ARCHITECTURES, Config, Transformer};
 use crate::error::{Error, Result, candle_message};
 
 /// Extra files that may come with a GGUF: a `tokenizer.json` and a `tokenizer_config.json`.
@@ -36,7 +36,9 @@ pub(crate) fn load(
         .map_err(|e| load_error(format!("not a valid GGUF file ({})", candle_message(&e))))?;
     check_complete(&ct, file.metadata()?.len()).map_err(load_error)?;
 
-    let architecture = string(&ct, "general.architecture").unwrap_or_default();
+    let architecture = Metadata(&ct)
+        .string("general.architecture")
+        .unwrap_or_default();
     if !ARCHITECTURES.contains(&architecture.as_str()) {
         return Err(Error::UnsupportedArchitecture {
             found: architecture,
@@ -44,6 +46,7 @@ pub(crate) fn load(
             supported: ARCHITECTURES.join(", "),
         });
     }
+    let shape = Config::from_gguf(Metadata(&ct)).map_err(load_error)?;
     let tokenizer = match companions.tokenizer_json {
         Some(json) => tokenizer::from_file(json)?,
         None => tokenizer::from_gguf(&mut ct)?,
@@ -52,10 +55,14 @@ pub(crate) fn load(
         Some(p) => TokenizerConfig::from_file(p)?,
         None => TokenizerConfig::default(),
     };
+    let meta = Metadata(&ct);
     let chat_template = config
         .chat_template
-        .or_else(|| string(&ct, "tokenizer.chat_template"));
-    let token = |key: &str| integer(&ct, key).and_then(|id| tokenizer::token_text(&tokenizer, id));
+        .or_else(|| meta.string("tokenizer.chat_template"));
+    let token = |key: &str| {
+        meta.integer(key)
+            .and_then(|id| tokenizer::token_text(&tokenizer, id))
+    };
     let bos_token = config
         .bos_token
         .or_else(|| token("tokenizer.ggml.bos_token_id"));
@@ -68,11 +75,11 @@ pub(crate) fn load(
         "tokenizer.ggml.eom_token_id",
     ]
     .iter()
-    .filter_map(|key| integer(&ct, key))
+    .filter_map(|key| meta.integer(key))
     .collect();
 
     let model = Arc::new(
-        Transformer::from_gguf(&ct, &mut file, device)
+        Transformer::from_gguf(shape, &ct, &mut file, device)
             .map_err(|e| load_error(format!("cannot read the weights: {e}")))?,
     );
     let context_length = model.config().context_length;
@@ -113,26 +120,4 @@ fn check_complete(ct: &Content, file_len: u64) -> std::result::Result<(), String
         }
     }
     Ok(())
-}
-
-fn string(ct: &Content, key: &str) -> Option<String> {
-    match ct.metadata.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// Reads an integer however the writer typed it (llama.cpp mostly uses u32).
-fn integer(ct: &Content, key: &str) -> Option<u32> {
-    match ct.metadata.get(key)? {
-        Value::U8(v) => Some(u32::from(*v)),
-        Value::U16(v) => Some(u32::from(*v)),
-        Value::U32(v) => Some(*v),
-        Value::U64(v) => u32::try_from(*v).ok(),
-        Value::I8(v) => u32::try_from(*v).ok(),
-        Value::I16(v) => u32::try_from(*v).ok(),
-        Value::I32(v) => u32::try_from(*v).ok(),
-        Value::I64(v) => u32::try_from(*v).ok(),
-        _ => None,
-    }
 }

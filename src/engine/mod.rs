@@ -2,6 +2,7 @@
 
 pub(crate) mod chat;
 mod device;
+pub(crate) mod gguf_metadata;
 mod load;
 mod load_gguf;
 mod load_hf;

@@ -7,6 +7,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 
+use super::gguf_metadata::Metadata;
 use crate::error::{Error, Result, candle_message};
 
 pub(crate) fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
@@ -22,7 +23,9 @@ pub(crate) fn from_file(path: &std::path::Path) -> Result<Tokenizer> {
 /// knows some of llama.cpp's pre-tokenizer names, so those are mapped (or fixed) here to match
 /// the original `tokenizer.json` of each family.
 pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
-    let model = string(ct, "tokenizer.ggml.model").unwrap_or_default();
+    let model = Metadata(ct)
+        .string("tokenizer.ggml.model")
+        .unwrap_or_default();
     if model != "gpt2" {
         return Err(Error::Tokenizer(format!(
             "the GGUF file's tokenizer is `{model}`, which wick can only use through a \
@@ -30,7 +33,9 @@ pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
              repository that has one); byte-level BPE (`gpt2`) vocabularies are rebuilt from GGUF"
         )));
     }
-    let pre = string(ct, "tokenizer.ggml.pre").unwrap_or_else(|| "default".to_string());
+    let pre = Metadata(ct)
+        .string("tokenizer.ggml.pre")
+        .unwrap_or_else(|| "default".to_string());
     let candle_name = match pre.as_str() {
         "llama-bpe" | "llama-v3" | "llama3" => Some("llama3"),
         "qwen2" | "deepseek-r1-qwen" => Some("qwen2"),
@@ -72,13 +77,6 @@ pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
         }
     }
     Ok(tokenizer)
-}
-
-fn string(ct: &Content, key: &str) -> Option<String> {
-    match ct.metadata.get(key) {
-        Some(Value::String(s)) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// The text of token `id`, for templates that need `bos_token`/`eos_token`.

@@ -1,7 +1,7 @@
 //! One decoder-only transformer for the GGUF model families wick runs (`llama`, `qwen2`,
 //! `qwen3`), built from candle's public pieces: quantized matmuls, RMS norm, rotary embeddings
-//! and softmax. It differs from candle's `quantized_*` model types in three ways that matter to
-//! a server:
+//! and softmax. It differs from candle's `quantized_*` model types in ways that matter to a
+//! server:
 //!
 //! - The weights are immutable and shared; each sequence keeps its own [`Cache`], so any number
 //!   of sequences run side by side (candle's qwen2 type holds one cache and cannot be copied).
@@ -16,13 +16,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 use candle_nn::Embedding;
 use candle_nn::kv_cache::ConcatKvCache;
 use candle_transformers::quantized_nn::RmsNorm;
 
+use super::gguf_metadata::Metadata;
 use crate::error::{Error, Result};
 
 /// From this many rows on, a CPU matmul dequantizes the weight and runs a GEMM. Dequantizing
@@ -126,13 +127,13 @@ impl Cache {
 }
 
 impl Transformer {
-    /// Reads the weights of a `llama`, `qwen2` or `qwen3` GGUF file.
+    /// Reads the weights of a `llama`, `qwen2` or `qwen3` GGUF file of shape `config`.
     pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        config: Config,
         ct: &Content,
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let config = Config::from_gguf(ct)?;
         let mut file = Weights {
             ct,
             reader,
@@ -146,9 +147,10 @@ impl Transformer {
         );
         let norm = file.norm("output_norm.weight")?;
         // Tied embeddings: without its own output matrix the model reuses the embeddings.
-        let output = match ct.tensor_infos.contains_key("output.weight") {
-            true => file.linear("output.weight", None)?,
-            false => file.linear("token_embd.weight", None)?,
+        let output = if ct.tensor_infos.contains_key("output.weight") {
+            file.linear("output.weight", None)?
+        } else {
+            file.linear("token_embd.weight", None)?
         };
         let biased = config.architecture == "qwen2";
         let head_norms = config.architecture == "qwen3";
@@ -156,22 +158,23 @@ impl Transformer {
         for i in 0..config.layers {
             let name = |part: &str| format!("blk.{i}.{part}");
             let bias = |file: &mut Weights<R>, part: &str| -> Result<Option<Tensor>> {
-                match biased {
-                    true => Ok(Some(file.tensor(&name(part))?.dequantize(device)?)),
-                    false => Ok(None),
+                if !biased {
+                    return Ok(None);
                 }
+                Ok(Some(file.tensor(&name(part))?.dequantize(device)?))
             };
             let (bq, bk, bv) = (
                 bias(&mut file, "attn_q.bias")?,
                 bias(&mut file, "attn_k.bias")?,
                 bias(&mut file, "attn_v.bias")?,
             );
-            let (q_norm, k_norm) = match head_norms {
-                true => (
+            let (q_norm, k_norm) = if head_norms {
+                (
                     Some(file.norm(&name("attn_q_norm.weight"))?),
                     Some(file.norm(&name("attn_k_norm.weight"))?),
-                ),
-                false => (None, None),
+                )
+            } else {
+                (None, None)
             };
             layers.push(Layer {
                 attn_norm: file.norm(&name("attn_norm.weight"))?,
@@ -346,34 +349,15 @@ impl<R: std::io::Read + std::io::Seek> Weights<'_, R> {
 }
 
 impl Config {
-    fn from_gguf(ct: &Content) -> Result<Self> {
-        let text = |key: &str| match ct.metadata.get(key) {
-            Some(Value::String(s)) => Some(s.clone()),
-            _ => None,
-        };
-        let architecture = text("general.architecture").unwrap_or_default();
+    /// The shape a GGUF file declares; the error says which key is missing.
+    pub fn from_gguf(meta: Metadata<'_>) -> std::result::Result<Self, String> {
+        let architecture = meta.string("general.architecture").unwrap_or_default();
         let key = |name: &str| format!("{architecture}.{name}");
-        let integer = |name: &str| -> Option<usize> {
-            ct.metadata
-                .get(&key(name))?
-                .to_u64()
-                .ok()
-                .map(|v| v as usize)
-        };
-        let float = |name: &str| match ct.metadata.get(&key(name)) {
-            Some(Value::F32(v)) => Some(*v),
-            Some(Value::F64(v)) => Some(*v as f32),
-            _ => None,
-        };
-        let required = |name: &str| {
-            integer(name).ok_or_else(|| {
-                Error::InvalidRequest(format!("the GGUF file has no `{}`", key(name)))
-            })
-        };
+        let integer = |name: &str| meta.integer(&key(name)).map(|v| v as usize);
+        let required = |name: &str| meta.required(&key(name)).map(|v| v as usize);
+        let float = |name: &str| meta.float(&key(name));
         if integer("expert_count").unwrap_or(0) > 1 {
-            return Err(Error::InvalidRequest(
-                "mixture-of-experts GGUF models are not supported".into(),
-            ));
+            return Err("mixture-of-experts GGUF models are not supported".into());
         }
         let heads = required("attention.head_count")?;
         let hidden = required("embedding_length")?;
@@ -384,8 +368,8 @@ impl Config {
             layers: required("block_count")?,
             hidden,
             context_length: integer("context_length").unwrap_or(4096),
-            rope_theta: float("rope.freq_base").unwrap_or(10_000.0),
-            norm_eps: f64::from(float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6)),
+            rope_theta: float("rope.freq_base").unwrap_or(10_000.0) as f32,
+            norm_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
             rope_neox: architecture != "llama",
             architecture,
         })
@@ -547,7 +531,8 @@ mod tests {
     fn ours(bytes: &[u8]) -> Transformer {
         let mut reader = Cursor::new(bytes);
         let ct = gguf_file::Content::read(&mut reader).unwrap();
-        Transformer::from_gguf(&ct, &mut reader, &Device::Cpu).unwrap()
+        let config = Config::from_gguf(Metadata(&ct)).unwrap();
+        Transformer::from_gguf(config, &ct, &mut reader, &Device::Cpu).unwrap()
     }
 
     fn candle(architecture: &str, bytes: &[u8]) -> Candle {

@@ -10,6 +10,7 @@ pub fn hf_fixture(gguf: &Path) -> PathBuf {
     DIR.get_or_init(|| {
         let code = [
             include_str!("../../src/export.rs"),
+            include_str!("../../src/engine/gguf_metadata.rs"),
             include_str!("../../src/engine/tokenizer.rs"),
         ]
         .concat();
