@@ -8,6 +8,8 @@
 //! then `--repetitions` times; the table shows the mean ± standard deviation of tokens/s.
 
 use clap::Args;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -110,10 +112,8 @@ async fn measure(
         }
     }
     let tokens = (n_prompt + n_gen) as f64;
-    let samples_ts: Vec<f64> = samples_ns
-        .iter()
-        .map(|&ns| tokens / (ns as f64 / 1e9))
-        .collect();
+    let nanoseconds: Vec<f64> = samples_ns.iter().map(|&ns| ns as f64).collect();
+    let samples_ts: Vec<f64> = nanoseconds.iter().map(|ns| tokens / (ns / 1e9)).collect();
     let info = engine.info();
     Ok(BenchRow {
         model: info.name.clone(),
@@ -128,8 +128,8 @@ async fn measure(
         },
         n_prompt,
         n_gen,
-        avg_ns: mean(&samples_ns.iter().map(|&n| n as f64).collect::<Vec<_>>()) as u64,
-        stddev_ns: stddev(&samples_ns.iter().map(|&n| n as f64).collect::<Vec<_>>()) as u64,
+        avg_ns: mean(&nanoseconds) as u64,
+        stddev_ns: stddev(&nanoseconds) as u64,
         avg_ts: mean(&samples_ts),
         stddev_ts: stddev(&samples_ts),
         samples_ns,
@@ -157,17 +157,11 @@ async fn once(
     }
 }
 
-/// Reproducible pseudo-random token ids (splitmix64), like llama-bench's random prompts.
+/// Reproducible pseudo-random token ids, like llama-bench's random prompts.
 fn random_tokens(count: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut rng = StdRng::seed_from_u64(seed);
     (0..count)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) % vocab as u64) as u32
-        })
+        .map(|_| rng.random_range(0..vocab as u32))
         .collect()
 }
 

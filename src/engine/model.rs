@@ -32,17 +32,17 @@ impl Weights {
     /// Runs `tokens` at positions `pos..pos + tokens.len()` and returns the logits of the last
     /// position as a 1-D f32 tensor.
     pub fn forward(&mut self, tokens: &[u32], pos: usize, device: &Device) -> Result<Tensor> {
-        if let Weights::Gguf { model, cache } = self {
-            debug_assert_eq!(cache.len(), pos);
-            return model.forward(tokens, cache);
-        }
-        let input = Tensor::new(tokens, device)?.unsqueeze(0)?;
+        // candle's models take a `(1, len)` batch; wick's GGUF transformer takes the ids.
+        let input = || Tensor::new(tokens, device)?.unsqueeze(0);
         let logits = match self {
-            Weights::Gguf { .. } => unreachable!("handled above"),
-            Weights::Llama { model, cache } => model.forward(&input, pos, cache)?,
-            Weights::Qwen2(m) => m.forward(&input, pos)?,
-            Weights::Qwen3(m) => m.forward(&input, pos)?,
-            Weights::Phi3(m) => m.forward(&input, pos)?,
+            Weights::Gguf { model, cache } => {
+                debug_assert_eq!(cache.len(), pos);
+                return model.forward(tokens, cache);
+            }
+            Weights::Llama { model, cache } => model.forward(&input()?, pos, cache)?,
+            Weights::Qwen2(m) => m.forward(&input()?, pos)?,
+            Weights::Qwen3(m) => m.forward(&input()?, pos)?,
+            Weights::Phi3(m) => m.forward(&input()?, pos)?,
         };
         // (1, vocab) or (1, 1, vocab), in the model's dtype.
         Ok(logits.flatten_all()?.to_dtype(DType::F32)?)

@@ -148,19 +148,16 @@ impl HubConfig {
             )),
             HFError::EntryNotFound { .. } | HFError::RepoNotFound { .. } => {
                 // A 404 on a file download does not say whether the repository or the revision
-                // exists: ask.
-                let online = !self.offline;
-                if online && !handle.exists().send().await.unwrap_or(true) {
-                    return repo_not_found(repo, endpoint);
-                }
-                let revision = &repo.revision;
-                let known = handle.revision_exists().revision(revision).send().await;
-                if online && !known.unwrap_or(true) {
-                    return HubError::Other(format!(
-                        "revision `{revision}` not found in {} on {endpoint}; check the branch, \
-                         tag or commit",
-                        repo.repo
-                    ));
+                // exists: ask (when the network may be used).
+                if !self.offline {
+                    if !handle.exists().send().await.unwrap_or(true) {
+                        return repo_not_found(repo, endpoint);
+                    }
+                    let revision = &repo.revision;
+                    let known = handle.revision_exists().revision(revision).send().await;
+                    if !known.unwrap_or(true) {
+                        return revision_not_found(repo, revision, endpoint);
+                    }
                 }
                 HubError::NotFound(format!("{repo} has no file {file} (404 from {endpoint})"))
             }
@@ -170,10 +167,9 @@ impl HubConfig {
                 // The Hub answers 401 rather than 404 to anonymous callers for unknown repositories.
                 repo_not_found(repo, endpoint)
             }
-            HFError::RevisionNotFound { revision, .. } => HubError::Other(format!(
-                "revision {revision} not found in {} on {endpoint}",
-                repo.repo
-            )),
+            HFError::RevisionNotFound { revision, .. } => {
+                revision_not_found(repo, &revision, endpoint)
+            }
             HFError::AuthRequired { context } | HFError::Forbidden { context } => {
                 let status = context.status.as_u16();
                 let gated = context.error_code.as_deref() == Some("GatedRepo");
@@ -206,6 +202,13 @@ fn repo_not_found(repo: &RepoRef, endpoint: &str) -> HubError {
     HubError::Other(format!(
         "repository {} not found on {endpoint} (404); check the name, or set HF_TOKEN if it is \
          private",
+        repo.repo
+    ))
+}
+
+fn revision_not_found(repo: &RepoRef, revision: &str, endpoint: &str) -> HubError {
+    HubError::Other(format!(
+        "revision `{revision}` not found in {} on {endpoint}; check the branch, tag or commit",
         repo.repo
     ))
 }

@@ -54,10 +54,6 @@ impl AccessPolicy {
         }
     }
 
-    pub fn requires_api_key(&self) -> bool {
-        self.api_key.is_some()
-    }
-
     pub fn origin_allowed(&self, origin: &str) -> bool {
         let origin = origin.trim_end_matches('/').to_ascii_lowercase();
         if self

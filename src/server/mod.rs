@@ -26,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
-pub use access::AccessPolicy;
+use access::AccessPolicy;
+
 pub use run::{serve_models, shutdown_signal};
 
 /// How the server listens and whom it lets in.
