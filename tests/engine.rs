@@ -4,17 +4,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{run, small_engine, small_gguf};
+use common::{greedy, load_error, run, small_engine, small_gguf};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use wick::{
     Backend, ChatMessage, Error, FinishReason, GenerateRequest, LoadOptions, ModelSelector,
     SamplingParams, TokenEvent,
 };
-
-fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest::prompt(prompt).with_params(SamplingParams::greedy(max_tokens))
-}
 
 fn sampled(prompt: &str, seed: u64) -> GenerateRequest {
     GenerateRequest::prompt(prompt).with_params(SamplingParams {
@@ -249,12 +245,11 @@ async fn a_truncated_gguf_is_a_clear_error() {
     let cut = dir.path().join("cut.gguf");
     let bytes = std::fs::read(&source).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
-    let err = common::manager(LoadOptions::default())
-        .get(&ModelSelector::Path(cut))
-        .await
-        .err()
-        .expect("a truncated file must not load");
-    let message = err.to_string();
+    let message = load_error(
+        &common::manager(LoadOptions::default()),
+        &ModelSelector::Path(cut),
+    )
+    .await;
     assert!(
         message.contains("truncated") && message.contains("fetch it again"),
         "{message}"
@@ -271,12 +266,7 @@ async fn an_unsupported_architecture_names_the_supported_ones() {
     write(&mut file, &[("general.architecture", &arch)], &[]).unwrap();
     drop(file);
     let manager = common::manager(LoadOptions::default());
-    let err = manager
-        .get(&ModelSelector::Path(path))
-        .await
-        .err()
-        .expect("unsupported");
-    let message = err.to_string();
+    let message = load_error(&manager, &ModelSelector::Path(path)).await;
     assert!(
         message.contains("`mamba`") && message.contains("llama, qwen2, qwen3"),
         "{message}"

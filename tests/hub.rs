@@ -6,19 +6,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::hub::{COMMIT, HubBuilder};
-use common::{run, small_engine, small_gguf};
-use wick::{
-    Backend, DTypeChoice, GenerateRequest, LoadOptions, ModelManager, ModelSelector, SamplingParams,
-};
+use common::{greedy, load_error, run, small_engine, small_gguf};
+use wick::{Backend, DTypeChoice, LoadOptions, ModelManager, ModelSelector};
 
 const REPO: &str = "wick-tests/SmolLM2-135M-Instruct";
 
 async fn hf_fixture() -> PathBuf {
     common::fixture::hf_fixture(&small_gguf().await)
-}
-
-fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
-    GenerateRequest::prompt(prompt).with_params(SamplingParams::greedy(max_tokens))
 }
 
 /// A manager whose Hub is `endpoint`, with fresh, empty caches under `cache`.
@@ -213,23 +207,13 @@ async fn hub_errors_are_clear() {
     let cache = tempfile::tempdir().unwrap();
     let manager = manager_for(&hub.endpoint, cache.path());
 
-    let message = manager
-        .get(&repo("wick-tests/no-such-repo"))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(&manager, &repo("wick-tests/no-such-repo")).await;
     assert!(
         message.contains("repository wick-tests/no-such-repo not found") && message.contains("404"),
         "{message}"
     );
 
-    let message = manager
-        .get(&repo("wick-tests/gated"))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(&manager, &repo("wick-tests/gated")).await;
     assert!(
         message.contains("gated") && message.contains("HF_TOKEN=") && message.contains("401"),
         "{message}"
@@ -242,12 +226,7 @@ async fn hub_errors_are_clear() {
             config.fetcher = common::hub_at(&hub.endpoint, &cache, Some(token))
         })
     };
-    let message = with_token("hf_wrong")
-        .get(&repo("wick-tests/gated"))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(&with_token("hf_wrong"), &repo("wick-tests/gated")).await;
     assert!(
         message.contains("403") && message.contains("refused"),
         "{message}"
@@ -264,16 +243,11 @@ async fn hub_errors_are_clear() {
             .contains("Paris")
     );
 
-    let message = manager
-        .get(&ModelSelector::repo(
-            REPO,
-            Some("v9".into()),
-            Backend::Huggingface,
-        ))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(
+        &manager,
+        &ModelSelector::repo(REPO, Some("v9".into()), Backend::Huggingface),
+    )
+    .await;
     assert!(message.contains("revision `v9` not found"), "{message}");
 }
 
@@ -283,12 +257,7 @@ async fn an_interrupted_download_leaves_nothing_to_trust() {
     let hub = HubBuilder::new().repo(REPO, &fixture).start().await;
     let cache = tempfile::tempdir().unwrap();
     hub.cut_next_download("model.safetensors", 5 << 20);
-    let message = manager_for(&hub.endpoint, cache.path())
-        .get(&repo(REPO))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(&manager_for(&hub.endpoint, cache.path()), &repo(REPO)).await;
     assert!(message.contains("model.safetensors"), "{message}");
     let repo_dir = cache
         .path()
@@ -329,12 +298,7 @@ async fn broken_local_models_are_clear_errors() {
         &weights[..weights.len() / 2],
     )
     .unwrap();
-    let message = manager
-        .get(&ModelSelector::Path(truncated.path().into()))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(&manager, &ModelSelector::Path(truncated.path().into())).await;
     assert!(
         message.contains("model.safetensors") && message.contains("truncated"),
         "{message}"
@@ -349,12 +313,7 @@ async fn broken_local_models_are_clear_errors() {
     for file in ["tokenizer.json", "model.safetensors"] {
         std::fs::write(unknown.path().join(file), b"").unwrap();
     }
-    let message = manager
-        .get(&ModelSelector::Path(unknown.path().into()))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(&manager, &ModelSelector::Path(unknown.path().into())).await;
     assert!(
         message.contains("`mamba`") && message.contains("llama, qwen2, qwen3, phi3"),
         "{message}"
@@ -377,12 +336,11 @@ async fn dtype_choices_on_the_cpu() {
             .completion_tokens,
         4
     );
-    let message = with_dtype(DTypeChoice::Bf16)
-        .get(&ModelSelector::Path(fixture))
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+    let message = load_error(
+        &with_dtype(DTypeChoice::Bf16),
+        &ModelSelector::Path(fixture),
+    )
+    .await;
     assert!(
         message.contains("bf16") && message.contains("--dtype f32"),
         "{message}"

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use wick::{
-    Engine, GenerateRequest, LoadOptions, ManagerConfig, ModelManager, ModelSelector, Summary,
-    TokenEvent,
+    Engine, GenerateRequest, LoadOptions, ManagerConfig, ModelManager, ModelSelector,
+    SamplingParams, Summary, TokenEvent,
 };
 
 /// A manager configured from the environment, on the CPU, with `load` options.
@@ -60,6 +60,19 @@ pub async fn small_gguf() -> PathBuf {
         .await
         .expect("the small model is fetched")
         .remove(0)
+}
+
+/// A greedy (temperature 0) request for `max_tokens` tokens after `prompt`.
+pub fn greedy(prompt: &str, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest::prompt(prompt).with_params(SamplingParams::greedy(max_tokens))
+}
+
+/// Why `manager` cannot load `selector`; the test fails if it can.
+pub async fn load_error(manager: &ModelManager, selector: &ModelSelector) -> String {
+    match manager.get(selector).await {
+        Ok(engine) => panic!("{} loaded, but should have failed", engine.info().name),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Runs a request to the end: the streamed text pieces and the summary.
