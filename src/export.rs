@@ -42,6 +42,12 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     let kv_heads = meta
         .integer("llama.attention.head_count_kv")
         .unwrap_or(heads);
+    if heads == 0 || kv_heads == 0 {
+        return Err(load_error(format!(
+            "the GGUF file declares {heads} attention heads and {kv_heads} key/value heads; the \
+             file is corrupt"
+        )));
+    }
     let layers = required("llama.block_count")?;
     let hidden = required("llama.embedding_length")?;
     let bos = meta.integer("tokenizer.ggml.bos_token_id");

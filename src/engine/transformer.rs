@@ -360,10 +360,18 @@ impl Config {
             return Err("mixture-of-experts GGUF models are not supported".into());
         }
         let heads = required("attention.head_count")?;
+        let kv_heads = integer("attention.head_count_kv").unwrap_or(heads);
+        // Queries share key/value heads in equal groups; zero of either cannot be run.
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(format!(
+                "the GGUF file declares {heads} attention heads and {kv_heads} key/value heads; \
+                 the file is corrupt"
+            ));
+        }
         let hidden = required("embedding_length")?;
         Ok(Self {
             heads,
-            kv_heads: integer("attention.head_count_kv").unwrap_or(heads),
+            kv_heads,
             head_dim: integer("attention.key_length").unwrap_or(hidden / heads),
             layers: required("block_count")?,
             hidden,
@@ -556,6 +564,21 @@ mod tests {
                     quantized_qwen3::ModelWeights::from_gguf(ct, &mut reader, &device).unwrap();
                 Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
             }
+        }
+    }
+
+    #[test]
+    fn impossible_head_counts_are_errors() {
+        for (heads, kv_heads) in [(0, 0), (4, 0), (4, 3)] {
+            let mut ct =
+                gguf_file::Content::read(&mut Cursor::new(synthetic("llama", GgmlDType::Q8_0)))
+                    .unwrap();
+            ct.metadata
+                .insert("llama.attention.head_count".into(), Value::U32(heads));
+            ct.metadata
+                .insert("llama.attention.head_count_kv".into(), Value::U32(kv_heads));
+            let error = Config::from_gguf(Metadata(&ct)).unwrap_err();
+            assert!(error.contains("corrupt"), "{error}");
         }
     }
 
