@@ -3,7 +3,10 @@
 //!
 //! - `prefill/<backend>/<N>`: a prompt of N tokens (16, 512) in one pass, in prompt tokens/s;
 //! - `decode/<backend>`: 32 tokens generated one by one after a 1-token prompt, in tokens/s;
-//! - `first_token/<backend>/<N>`: time from request to the first streamed token.
+//! - `first_token/<backend>/<N>`: time from request to the first streamed token;
+//! - `decode_at_depth/<backend>/<N>`: 32 tokens generated after a prompt of N tokens (1, 2048),
+//!   in tokens/s: each sequence's KV cache is written in place, so a token deep into a long
+//!   generation costs its attention over the longer past, and no copy of the cache.
 //!
 //! `cargo bench --bench tokens_per_second`; `cargo test --benches` runs each once as a check.
 
@@ -159,5 +162,41 @@ fn bench(c: &mut Criterion) {
     first.finish();
 }
 
-criterion_group!(benches, bench);
+fn bench_depth(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engines = engines(&runtime);
+    let mut depth = c.benchmark_group("decode_at_depth");
+    depth
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
+    depth.throughput(Throughput::Elements(DECODE_TOKENS as u64));
+    for (backend, engine) in &engines {
+        for len in [1, 2048] {
+            let tokens = prompt(engine, len);
+            depth.bench_function(BenchmarkId::new(*backend, len), |b| {
+                b.to_async(&runtime).iter_custom(|iters| {
+                    let (engine, tokens) = (engine.clone(), tokens.clone());
+                    async move {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let done = engine
+                                .generate(request(tokens.clone(), DECODE_TOKENS + 1))
+                                .expect("accepted")
+                                .collect_text()
+                                .await;
+                            // The decode rate counts the tokens after the first.
+                            total += Duration::from_secs_f64(
+                                DECODE_TOKENS as f64 / done.summary.decode_tokens_per_second,
+                            );
+                        }
+                        total
+                    }
+                });
+            });
+        }
+    }
+    depth.finish();
+}
+
+criterion_group!(benches, bench, bench_depth);
 criterion_main!(benches);

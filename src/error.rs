@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use crate::registry::{Backend, Tier};
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +17,8 @@ pub enum Error {
 
     #[error("the registry has no {tier} model for the {backend} backend; it has: {known}")]
     NoTierEntry {
-        tier: Tier,
-        backend: Backend,
+        tier: String,
+        backend: String,
         known: String,
     },
 

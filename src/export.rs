@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::json;
 
 use crate::engine::gguf_metadata::Metadata;
+use crate::engine::model::{Config, Family, hf_name};
 use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
 
@@ -29,42 +30,36 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     let mut ct = Content::read(&mut file)
         .map_err(|e| load_error(format!("not a valid GGUF file ({})", candle_message(&e))))?;
     let meta = Metadata(&ct);
-    let architecture = meta.string("general.architecture").unwrap_or_default();
-    if architecture != "llama" {
+    let shape = Config::from_gguf(meta).map_err(load_error)?;
+    if shape.family != Family::Llama {
         return Err(Error::UnsupportedArchitecture {
-            found: architecture,
+            found: shape.family.name().to_string(),
             path: gguf.to_path_buf(),
             supported: "llama (export)".into(),
         });
     }
-    let required = |key: &str| meta.required(key).map_err(load_error);
-    let heads = required("llama.attention.head_count")?;
-    let kv_heads = meta
-        .integer("llama.attention.head_count_kv")
-        .unwrap_or(heads);
-    if heads == 0 || kv_heads == 0 {
-        return Err(load_error(format!(
-            "the GGUF file declares {heads} attention heads and {kv_heads} key/value heads; the \
-             file is corrupt"
-        )));
+    if ct.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(load_error(
+            "it carries Llama 3 rope scaling (`rope_freqs.weight`), which the export cannot \
+             write into config.json yet"
+                .into(),
+        ));
     }
-    let layers = required("llama.block_count")?;
-    let hidden = required("llama.embedding_length")?;
     let bos = meta.integer("tokenizer.ggml.bos_token_id");
     let eos = meta.integer("tokenizer.ggml.eos_token_id");
     let has_output = ct.tensor_infos.contains_key("output.weight");
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": required("llama.feed_forward_length")?,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": hidden / heads,
-        "rms_norm_eps": meta.float("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        "rope_theta": meta.float("llama.rope.freq_base").unwrap_or(10_000.0),
-        "max_position_embeddings": meta.integer("llama.context_length").unwrap_or(4096),
+        "hidden_size": shape.hidden,
+        "intermediate_size": shape.ffn,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "rms_norm_eps": shape.norm_eps,
+        "rope_theta": shape.rope_theta,
+        "max_position_embeddings": shape.context_length,
         "vocab_size": meta.array_len("tokenizer.ggml.tokens"),
         "tie_word_embeddings": !has_output,
         "hidden_act": "silu",
@@ -87,15 +82,15 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     let mut tensors = HashMap::new();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
     for name in names {
-        let Some(hf_name) = hf_name(&name) else {
+        let Some(hf_name) = hf_name(Family::Llama, &name) else {
             tracing::warn!(tensor = %name, "no Hugging Face name for this tensor; skipped");
             continue;
         };
         let mut weight = ct.tensor(&mut file, &name, &device)?.dequantize(&device)?;
         if name.ends_with("attn_q.weight") {
-            weight = unpermute(&weight, heads as usize)?;
+            weight = unpermute(&weight, shape.heads)?;
         } else if name.ends_with("attn_k.weight") {
-            weight = unpermute(&weight, kv_heads as usize)?;
+            weight = unpermute(&weight, shape.kv_heads)?;
         }
         tensors.insert(hf_name, weight.to_dtype(dtype)?);
     }
@@ -111,34 +106,6 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     tok.save(out.join("tokenizer.json"), false)
         .map_err(|e| Error::Tokenizer(format!("cannot write tokenizer.json: {e}")))?;
     Ok(())
-}
-
-/// GGUF tensor names to the names `transformers` (and candle's HF models) use.
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let part = match part {
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{part}"))
 }
 
 /// Undoes llama.cpp's `permute`: within each head, its rows were interleaved as
@@ -190,18 +157,5 @@ mod tests {
             .unwrap();
         let back = unpermute(&gguf, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
-    }
-
-    #[test]
-    fn tensor_names() {
-        assert_eq!(
-            hf_name("blk.3.attn_k.weight").unwrap(),
-            "model.layers.3.self_attn.k_proj.weight"
-        );
-        assert_eq!(
-            hf_name("token_embd.weight").unwrap(),
-            "model.embed_tokens.weight"
-        );
-        assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 }

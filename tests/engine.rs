@@ -209,22 +209,44 @@ async fn bad_sampling_parameters_are_refused() {
     assert!(err.to_string().contains("at least one message"), "{err}");
 }
 
+/// The rule for text: every piece is whole characters, and a generation that stops inside a
+/// character (its last token holds only the first bytes of it) drops those bytes. So the text —
+/// streamed, collected, or in an MCP result — is what decoding the ids gives, less the U+FFFD
+/// that decoding renders the incomplete bytes as; the ids still say exactly what was generated.
+fn assert_whole_characters(engine: &wick::Engine, pieces: &[String], ids: &[u32]) -> String {
+    let streamed = pieces.concat();
+    assert!(!streamed.contains('\u{FFFD}'), "{streamed:?}");
+    let decoded = engine.decode(ids).unwrap();
+    assert_eq!(streamed, decoded.trim_end_matches('\u{FFFD}'));
+    streamed
+}
+
 #[tokio::test]
 async fn non_ascii_text_streams_as_whole_characters() {
     let engine = small_engine(LoadOptions::default()).await;
     let prompt = "Voici une liste de mots français avec accents et emojis : café 🎉, crème brûlée 🍮, naïve ✨,";
-    let mut request = greedy(prompt, 40);
-    request.params.repeat_penalty = 1.0;
-    let (pieces, ids, summary) = run(&engine, request).await;
+    let request = |max_tokens| {
+        let mut request = greedy(prompt, max_tokens);
+        request.params.repeat_penalty = 1.0;
+        request
+    };
+    let (pieces, ids, summary) = run(&engine, request(40)).await;
     assert_eq!(summary.finish_reason, FinishReason::Length);
-    let streamed = pieces.concat();
-    assert!(!streamed.contains('\u{FFFD}'), "{streamed:?}");
-    // The pieces add up to exactly what decoding all tokens at once gives.
-    assert_eq!(streamed, engine.decode(&ids).unwrap());
+    let streamed = assert_whole_characters(&engine, &pieces, &ids);
     assert!(
         !streamed.is_ascii(),
         "expected accents or emoji in {streamed:?}"
     );
+    // Stop inside a character on purpose: wherever this CPU's greedy tokens split one across
+    // tokens, generate exactly up to the middle of it.
+    let cut = (1..ids.len())
+        .find(|&n| engine.decode(&ids[..n]).unwrap().ends_with('\u{FFFD}'))
+        .expect("some character spans several tokens");
+    let (pieces, cut_ids, summary) = run(&engine, request(cut)).await;
+    assert_eq!(summary.finish_reason, FinishReason::Length);
+    assert_eq!(cut_ids, ids[..cut]);
+    let text = assert_whole_characters(&engine, &pieces, &cut_ids);
+    assert!(text.len() < engine.decode(&cut_ids).unwrap().len());
 }
 
 #[tokio::test]

@@ -50,4 +50,46 @@ impl Metadata<'_> {
             _ => 0,
         }
     }
+
+    pub fn boolean(&self, key: &str) -> Option<bool> {
+        match self.0.metadata.get(key)? {
+            Value::Bool(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// An array of strings (a vocabulary).
+    pub fn strings(&self, key: &str) -> Option<Vec<String>> {
+        self.array(key, |v| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+    }
+
+    /// An array of floats (token scores).
+    pub fn floats(&self, key: &str) -> Option<Vec<f32>> {
+        self.array(key, |v| match v {
+            Value::F32(f) => Some(*f),
+            _ => None,
+        })
+    }
+
+    /// An array of integers (token types), whatever width the writer chose.
+    pub fn integers(&self, key: &str) -> Option<Vec<i32>> {
+        self.array(key, |v| match v {
+            Value::I32(i) => Some(*i),
+            Value::U32(i) => i32::try_from(*i).ok(),
+            Value::I64(i) => i32::try_from(*i).ok(),
+            Value::U8(i) => Some(i32::from(*i)),
+            _ => None,
+        })
+    }
+
+    /// Every item of an array, or `None` if any is of another type.
+    fn array<T>(&self, key: &str, item: impl Fn(&Value) -> Option<T>) -> Option<Vec<T>> {
+        match self.0.metadata.get(key)? {
+            Value::Array(items) => items.iter().map(item).collect(),
+            _ => None,
+        }
+    }
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::sync::OnceCell;
 
-use super::load::{self, LoadOptions, ResolvedModel};
+use super::resolve::{self, ResolvedModel};
+use super::start::{self, LoadOptions};
 use super::{Engine, ModelInfo};
 use crate::error::Result;
 use crate::fetch::Fetcher;
@@ -90,7 +91,7 @@ impl ModelManager {
     /// Fetches the model's files into the caches and returns their local paths.
     pub async fn pull(&self, selector: &ModelSelector) -> Result<Vec<PathBuf>> {
         let model = self.resolve(selector)?;
-        Ok(load::fetch_files(&model, &self.fetcher).await?.paths())
+        Ok(resolve::fetch_files(&model, &self.fetcher).await?.paths())
     }
 
     /// The loaded model for `selector`, fetching and loading it on first use.
@@ -100,10 +101,10 @@ impl ModelManager {
         let engine = slot
             .get_or_try_init(|| async {
                 tracing::info!("loading {model}");
-                let files = load::fetch_files(&model, &self.fetcher).await?;
+                let files = resolve::fetch_files(&model, &self.fetcher).await?;
                 let options = self.options.clone();
                 let model = model.clone();
-                tokio::task::spawn_blocking(move || load::start_engine(&model, &files, &options))
+                tokio::task::spawn_blocking(move || start::start_engine(&model, &files, &options))
                     .await
                     .map_err(|e| crate::Error::Io(std::io::Error::other(e)))?
                     .map(Arc::new)

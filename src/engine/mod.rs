@@ -4,14 +4,13 @@ pub(crate) mod chat;
 mod device;
 pub(crate) mod gguf_metadata;
 mod load;
-mod load_gguf;
-mod load_hf;
 mod manager;
-mod model;
+pub(crate) mod model;
+mod resolve;
 pub(crate) mod sampling;
+mod start;
 pub(crate) mod stream;
 pub(crate) mod tokenizer;
-mod transformer;
 mod worker;
 
 use std::collections::HashSet;
@@ -26,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use chat::ChatMessage;
 pub use device::{DTypeChoice, DeviceChoice};
-pub use load::{LoadOptions, ResolvedModel, Source};
 pub use manager::{ManagerConfig, ModelManager, ModelStatus};
+pub use resolve::{ResolvedModel, Source};
 pub use sampling::SamplingParams;
+pub use start::LoadOptions;
 pub use stream::{Completion, FinishReason, Summary, Token, TokenEvent, TokenStream};
 
 use crate::error::{Error, Result};
@@ -106,6 +106,7 @@ pub(crate) struct Counters {
     requests: AtomicU64,
     tokens: AtomicU64,
     cancelled: AtomicU64,
+    kv_bytes: AtomicUsize,
 }
 
 /// A snapshot of an engine's load and work so far.
@@ -121,6 +122,8 @@ pub struct EngineStats {
     pub tokens: u64,
     /// Requests that ended because their caller went away or cancelled.
     pub cancelled: u64,
+    /// Bytes the running sequences' KV caches hold.
+    pub kv_cache_bytes: usize,
 }
 
 /// A loaded model, ready to generate. Cheap to share: clone the `Arc` the manager hands out.
@@ -146,6 +149,7 @@ impl Engine {
             requests: c.requests.load(Relaxed),
             tokens: c.tokens.load(Relaxed),
             cancelled: c.cancelled.load(Relaxed),
+            kv_cache_bytes: c.kv_bytes.load(Relaxed),
         }
     }
 

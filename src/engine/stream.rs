@@ -35,7 +35,9 @@ impl std::fmt::Display for FinishReason {
 
 /// One sampled token. `text` is the new, UTF-8 complete text it adds; it is empty while the
 /// decoder waits for the rest of a multi-byte character or while the text might still turn out
-/// to be the start of a stop sequence (the held text arrives with a later token).
+/// to be the start of a stop sequence (the held text arrives with a later token). A generation
+/// that ends inside a multi-byte character drops its incomplete bytes: text is only ever whole
+/// characters, and `id` still records every token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Token {
     pub id: u32,

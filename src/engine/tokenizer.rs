@@ -2,10 +2,17 @@
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
-use tokenizers::Tokenizer;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{AddedToken, Tokenizer};
 
 use super::gguf_metadata::Metadata;
 use crate::error::{Error, Result, candle_message};
@@ -26,12 +33,17 @@ pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
     let model = Metadata(ct)
         .string("tokenizer.ggml.model")
         .unwrap_or_default();
-    if model != "gpt2" {
-        return Err(Error::Tokenizer(format!(
-            "the GGUF file's tokenizer is `{model}`, which wick can only use through a \
-             tokenizer.json: put the model's tokenizer.json next to the .gguf file (or use a \
-             repository that has one); byte-level BPE (`gpt2`) vocabularies are rebuilt from GGUF"
-        )));
+    match model.as_str() {
+        "gpt2" => {}
+        "llama" => return sentencepiece_from_gguf(Metadata(ct)),
+        _ => {
+            return Err(Error::Tokenizer(format!(
+                "the GGUF file's tokenizer is `{model}`, which wick can only use through a \
+                 tokenizer.json: put the model's tokenizer.json next to the .gguf file (or use a \
+                 repository that has one); byte-level BPE (`gpt2`) and SentencePiece (`llama`) \
+                 vocabularies are rebuilt from GGUF"
+            )));
+        }
     }
     let pre = Metadata(ct)
         .string("tokenizer.ggml.pre")
@@ -75,6 +87,118 @@ pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
             );
             tokenizer.with_pre_tokenizer(Some(gpt2_regex));
         }
+    }
+    Ok(tokenizer)
+}
+
+/// llama.cpp's token types in `tokenizer.ggml.token_type`.
+const NORMAL: i32 = 1;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+
+/// Builds the SentencePiece BPE tokenizer (Gemma's, Llama 2's) that a GGUF file describes.
+///
+/// llama.cpp tokenizes such a vocabulary by repeatedly joining the adjacent pair whose joined
+/// text is the best-scored token; a BPE whose merges are every such pair, ranked by that score,
+/// does the same. Spaces become `▁` (with a leading one where `add_space_prefix` asks), unknown
+/// characters fall back to byte tokens, control tokens are special and user-defined ones (Gemma's
+/// runs of newlines) match whole before the merges, as in llama.cpp.
+fn sentencepiece_from_gguf(meta: Metadata<'_>) -> Result<Tokenizer> {
+    let missing = |key: &str| Error::Tokenizer(format!("the GGUF file has no `{key}`"));
+    let tokens = meta
+        .strings("tokenizer.ggml.tokens")
+        .ok_or_else(|| missing("tokenizer.ggml.tokens"))?;
+    let scores = meta
+        .floats("tokenizer.ggml.scores")
+        .ok_or_else(|| missing("tokenizer.ggml.scores"))?;
+    let types = meta
+        .integers("tokenizer.ggml.token_type")
+        .unwrap_or_else(|| vec![NORMAL; tokens.len()]);
+    if scores.len() != tokens.len() || types.len() != tokens.len() {
+        return Err(Error::Tokenizer(
+            "the GGUF vocabulary's tokens, scores and types differ in length".into(),
+        ));
+    }
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.clone(), id as u32))
+        .collect();
+    let mut merges: Vec<(f32, u32, String, String)> = Vec::new();
+    for (id, token) in tokens.iter().enumerate() {
+        if types[id] != NORMAL {
+            continue;
+        }
+        for (split, _) in token.char_indices().skip(1) {
+            let (left, right) = token.split_at(split);
+            if vocab.contains_key(left) && vocab.contains_key(right) {
+                merges.push((scores[id], id as u32, left.to_string(), right.to_string()));
+            }
+        }
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges = merges.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+    let unknown = meta
+        .integer("tokenizer.ggml.unknown_token_id")
+        .and_then(|id| tokens.get(id as usize).cloned());
+    let mut bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unknown) = unknown {
+        bpe = bpe.unk_token(unknown);
+    }
+    let bpe = bpe
+        .build()
+        .map_err(|e| Error::Tokenizer(format!("cannot rebuild the GGUF tokenizer: {e}")))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let space = Replace::new(" ", "▁").map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let prefix = meta
+        .boolean("tokenizer.ggml.add_space_prefix")
+        .unwrap_or(true);
+    let mut decoders = vec![
+        Replace::new("▁", " ")
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .into(),
+        ByteFallback::new().into(),
+        Fuse::new().into(),
+    ];
+    if prefix {
+        tokenizer
+            .with_normalizer(Some(NormalizerSequence::new(vec![
+                Prepend::new("▁".into()).into(),
+                space.into(),
+            ])))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        decoders.push(Strip::new(' ', 1, 0).into());
+    } else {
+        tokenizer
+            .with_normalizer(Some(space))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    let added = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, kind)| matches!(**kind, CONTROL | USER_DEFINED))
+        .map(|(token, kind)| AddedToken::from(token.clone(), *kind == CONTROL).normalized(false));
+    tokenizer
+        .add_tokens(added)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let bos = meta
+        .integer("tokenizer.ggml.bos_token_id")
+        .and_then(|id| tokens.get(id as usize).map(|t| (t.clone(), id)));
+    if let Some((bos, id)) =
+        bos.filter(|_| meta.boolean("tokenizer.ggml.add_bos_token").unwrap_or(true))
+    {
+        let template = TemplateProcessing::builder()
+            .try_single(format!("{bos} $A"))
+            .and_then(|t| t.try_pair(format!("{bos} $A {bos} $B")))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .special_tokens(vec![(bos, id)])
+            .build()
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer.with_post_processor(Some(template));
     }
     Ok(tokenizer)
 }

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
-use super::model::Weights;
+use super::model::{KvCache, Segment, Transformer};
 use super::sampling::{Sampler, SamplingParams, StopCheck, StopMatcher};
 use super::stream::{FinishReason, Summary, Token, TokenEvent};
 
@@ -41,11 +41,10 @@ impl Job {
 /// What the loop needs besides the queue.
 pub(crate) struct WorkerSetup {
     pub name: String,
-    /// The model as loaded; each sequence runs on a fork of it, with its own cache.
-    pub template: Weights,
+    /// The weights, shared by every sequence; each brings its own cache.
+    pub model: Arc<Transformer>,
     pub tokenizer: Arc<Tokenizer>,
     pub stop_ids: HashSet<u32>,
-    pub device: Device,
     pub max_active: usize,
     pub counters: Arc<Counters>,
 }
@@ -56,6 +55,9 @@ pub(crate) fn spawn(setup: WorkerSetup, jobs: mpsc::Receiver<Job>) -> std::io::R
         .spawn(move || run(setup, jobs))
         .map(|_| ())
 }
+
+/// The longest prompt slice one forward pass takes.
+const PREFILL_CHUNK: usize = 512;
 
 fn run(setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
     let tokenizer = setup.tokenizer.clone();
@@ -84,13 +86,20 @@ fn run(setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
                 continue;
             }
             setup.counters.active.fetch_add(1, Relaxed);
-            let weights = setup.template.fork();
-            active.push(Sequence::new(
-                job,
-                weights,
-                &tokenizer,
-                setup.counters.clone(),
-            ));
+            let mut seq = Sequence::new(job, &tokenizer, setup.counters.clone());
+            // The cache holds every position the request may reach, allocated once.
+            let capacity = seq.job.prompt.len() + seq.job.params.max_tokens;
+            match setup.model.new_cache(capacity) {
+                Ok(cache) => {
+                    setup.counters.kv_bytes.fetch_add(cache.bytes(), Relaxed);
+                    seq.cache = Some(cache);
+                    active.push(seq);
+                }
+                Err(e) => seq.finish(
+                    FinishReason::Error,
+                    Some(format!("cannot allocate the KV cache: {e}")),
+                ),
+            }
         }
 
         for seq in &mut active {
@@ -118,7 +127,8 @@ fn run(setup: WorkerSetup, mut jobs: mpsc::Receiver<Job>) {
 /// produces one [`TokenEvent::Token`] (its text may be empty), then one [`TokenEvent::Done`].
 struct Sequence<'t> {
     job: Job,
-    weights: Weights,
+    /// Set once admitted; dropped (and its memory freed) when the sequence finishes.
+    cache: Option<KvCache>,
     sampler: Sampler,
     decoder: tokenizers::tokenizer::DecodeStream<
         't,
@@ -131,8 +141,6 @@ struct Sequence<'t> {
     stops: StopMatcher,
     /// Prompt and generated tokens, for the repeat penalty.
     history: Vec<u32>,
-    /// Tokens already run through the model (its KV cache length).
-    fed: usize,
     generated: usize,
     admitted: Instant,
     prefilled: Option<Instant>,
@@ -142,7 +150,7 @@ struct Sequence<'t> {
 }
 
 impl<'t> Sequence<'t> {
-    fn new(job: Job, weights: Weights, tokenizer: &'t Tokenizer, counters: Arc<Counters>) -> Self {
+    fn new(job: Job, tokenizer: &'t Tokenizer, counters: Arc<Counters>) -> Self {
         let mut decoder = tokenizer.decode_stream(true);
         // Prime the detokenizer with the end of the prompt, so the first generated token gets
         // the leading space that some tokenizers only render after a previous token.
@@ -155,9 +163,8 @@ impl<'t> Sequence<'t> {
             stops: StopMatcher::new(job.params.stop.clone()),
             history: job.prompt.clone(),
             job,
-            weights,
+            cache: None,
             decoder,
-            fed: 0,
             generated: 0,
             admitted: Instant::now(),
             prefilled: None,
@@ -179,28 +186,32 @@ impl<'t> Sequence<'t> {
             self.finish(FinishReason::Cancelled, None);
             return;
         }
-        let prompt_len = self.job.prompt.len();
-        let result = if self.fed < prompt_len {
-            let chunk = self.weights.prefill_chunk().unwrap_or(prompt_len);
-            let end = (self.fed + chunk).min(prompt_len);
-            let result =
-                self.weights
-                    .forward(&self.job.prompt[self.fed..end], self.fed, &setup.device);
-            self.fed = end;
-            match result {
-                Ok(_) if end < prompt_len => return,
-                Ok(logits) => {
-                    self.prefilled = Some(Instant::now());
-                    Ok(logits)
-                }
-                Err(e) => Err(e),
-            }
-        } else {
-            let last = self.history[self.history.len() - 1];
-            let result = self.weights.forward(&[last], self.fed, &setup.device);
-            self.fed += 1;
-            result
+        let Some(cache) = self.cache.as_mut() else {
+            return;
         };
+        // A prompt goes in chunks, so other sequences get tokens between them; then one token
+        // at a time.
+        let fed = cache.len();
+        let prompt = &self.job.prompt;
+        let tokens = match fed < prompt.len() {
+            true => &prompt[fed..(fed + PREFILL_CHUNK).min(prompt.len())],
+            false => &self.history[self.history.len() - 1..],
+        };
+        let prefilling = fed + tokens.len() < prompt.len();
+        let result = setup
+            .model
+            .forward(&mut [Segment {
+                cache,
+                tokens,
+                logits: !prefilling,
+            }])
+            .and_then(|logits| Ok(logits.squeeze(0)?));
+        if prefilling && result.is_ok() {
+            return;
+        }
+        if fed < prompt.len() {
+            self.prefilled = Some(Instant::now());
+        }
         match result {
             Ok(logits) => self.accept(&logits, setup),
             Err(e) => {
@@ -295,7 +306,10 @@ impl<'t> Sequence<'t> {
             decode_tokens_per_second: rate(self.generated.saturating_sub(1), decode_time),
             error,
         };
-        // The slot is free from the moment the caller can see the summary.
+        // The slot and its memory are free from the moment the caller can see the summary.
+        if let Some(cache) = self.cache.take() {
+            self.counters.kv_bytes.fetch_sub(cache.bytes(), Relaxed);
+        }
         self.counters.active.fetch_sub(1, Relaxed);
         let _ = self.job.events.try_send(TokenEvent::Done(summary));
     }

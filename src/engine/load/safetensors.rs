@@ -1,22 +1,18 @@
 //! Loading a model in the Hugging Face layout: `config.json`, safetensors weights (one file or
 //! shards with an index), `tokenizer.json`, and optional tokenizer and generation configs.
 
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-use candle_transformers::models::{llama, phi3, qwen2, qwen3};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use super::chat::TokenizerConfig;
-use super::load::LoadedModel;
-use super::model::Weights;
-use super::tokenizer;
+use super::LoadedModel;
+use crate::engine::chat::TokenizerConfig;
+use crate::engine::model::{Config, Family, Linear, WeightSource, hf_name};
+use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
-
-pub(crate) const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "phi3"];
 
 pub(crate) struct HfFiles {
     pub config: PathBuf,
@@ -64,25 +60,26 @@ pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
 }
 
 pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<LoadedModel> {
-    let config = read_json(&files.config)?;
-    let architecture = config["model_type"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    if !ARCHITECTURES.contains(&architecture.as_str()) {
+    let json = read_json(&files.config)?;
+    let config_error = |message: String| Error::Load {
+        path: files.config.clone(),
+        message,
+    };
+    let model_type = json["model_type"].as_str().unwrap_or_default().to_string();
+    let Some(family) = Family::from_hf(&model_type) else {
         return Err(Error::UnsupportedArchitecture {
-            found: architecture,
+            found: model_type,
             path: files.config.clone(),
-            supported: ARCHITECTURES.join(", "),
+            supported: Family::supported(),
         });
-    }
-    let mut eos_ids = token_ids(&config["eos_token_id"]);
+    };
+    let config = Config::from_hf(&json).map_err(config_error)?;
+    let mut eos_ids = token_ids(&json["eos_token_id"]);
     if let Some(path) = &files.generation_config {
         eos_ids.extend(token_ids(&read_json(path)?["eos_token_id"]));
     }
     eos_ids.sort_unstable();
     eos_ids.dedup();
-    let context_length = config["max_position_embeddings"].as_u64().unwrap_or(4096) as usize;
 
     let tokenizer = tokenizer::from_file(&files.tokenizer)?;
     let tokenizer_config = match &files.tokenizer_config {
@@ -90,84 +87,73 @@ pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<Loa
         None => TokenizerConfig::default(),
     };
 
+    let weights_error = |message: String| Error::Load {
+        path: files.weights.first().cloned().unwrap_or_default(),
+        message,
+    };
     // SAFETY: the weights are memory-mapped; wick never writes to a file in place (downloads
     // are renamed into the cache whole), so the mapped bytes do not change while in use.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files.weights, dtype, device) }
-        .map_err(|e| Error::Load {
-            path: files.weights.first().cloned().unwrap_or_default(),
-            message: format!(
-                "the safetensors weights are unreadable (truncated download?): {}",
-                candle_message(&e)
-            ),
-        })?;
-    let weights =
-        build(&architecture, &config, vb, dtype, device).map_err(|message| Error::Load {
-            path: files.config.clone(),
-            message,
-        })?;
-
+    let tensors = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|e| {
+        weights_error(format!(
+            "the safetensors weights are unreadable (truncated download?): {}",
+            candle_message(&e)
+        ))
+    })?;
+    let mut source = SafetensorsSource {
+        tensors,
+        family,
+        dtype,
+        device: device.clone(),
+    };
+    let model = super::build(config, &mut source, device).map_err(config_error)?;
     Ok(LoadedModel {
-        weights,
+        model: Arc::new(model),
         tokenizer,
         chat_template: tokenizer_config.chat_template,
         bos_token: tokenizer_config.bos_token,
         eos_token: tokenizer_config.eos_token,
         eos_ids,
-        context_length,
-        architecture,
+        architecture: family.name().to_string(),
         dtype: format!("{dtype:?}").to_lowercase(),
     })
 }
 
-/// Builds the candle model; candle's constructors can panic on unexpected weights, so panics
-/// become load errors too.
-fn build(
-    architecture: &str,
-    config: &Value,
-    vb: VarBuilder,
-    dtype: DType,
-    device: &Device,
-) -> std::result::Result<Weights, String> {
-    fn parse<T: serde::de::DeserializeOwned>(config: &Value, arch: &str) -> Result<T, String> {
-        serde_json::from_value(config.clone())
-            .map_err(|e| format!("config.json does not describe a {arch} model: {e}"))
+/// Memory-mapped safetensors, looked up through the Hugging Face names of GGUF names and
+/// converted to the engine's dtype (f32 on the CPU, bf16 on CUDA) as they are read.
+pub(crate) struct SafetensorsSource {
+    pub tensors: MmapedSafetensors,
+    pub family: Family,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl SafetensorsSource {
+    fn name(&self, gguf: &str) -> Option<String> {
+        hf_name(self.family, gguf).filter(|name| self.tensors.get(name).is_ok())
     }
-    let weights_error = |e: candle_core::Error| {
-        format!("the weights do not fit the config: {}", candle_message(&e))
-    };
-    let flash_attn = cfg!(feature = "flash-attn");
-    let built = std::panic::catch_unwind(AssertUnwindSafe(|| match architecture {
-        "llama" => {
-            let cfg = parse::<llama::LlamaConfig>(config, architecture)?.into_config(flash_attn);
-            let model = llama::Llama::load(vb, &cfg).map_err(weights_error)?;
-            let cache = llama::Cache::new(true, dtype, &cfg, device).map_err(weights_error)?;
-            Ok(Weights::Llama {
-                model: Arc::new(model),
-                cache,
-            })
-        }
-        "qwen2" => {
-            let cfg = parse::<qwen2::Config>(config, architecture)?;
-            Ok(Weights::Qwen2(
-                qwen2::ModelForCausalLM::new(&cfg, vb).map_err(weights_error)?,
-            ))
-        }
-        "qwen3" => {
-            let cfg = parse::<qwen3::Config>(config, architecture)?;
-            Ok(Weights::Qwen3(
-                qwen3::ModelForCausalLM::new(&cfg, vb).map_err(weights_error)?,
-            ))
-        }
-        _ => {
-            let cfg = parse::<phi3::Config>(config, architecture)?;
-            Ok(Weights::Phi3(
-                phi3::Model::new(&cfg, vb).map_err(weights_error)?,
-            ))
-        }
-    }));
-    built.unwrap_or_else(|_| {
-        Err("the weights do not fit the config (a tensor is missing or mis-shaped)".into())
-    })
+}
+
+impl WeightSource for SafetensorsSource {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.name(name).is_some()
+    }
+
+    fn linear(&mut self, name: &str, bias: Option<Tensor>) -> Result<Linear> {
+        Ok(Linear::dense(self.dense(name)?, bias))
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Tensor> {
+        let Some(hf) = self.name(name) else {
+            let expected = hf_name(self.family, name).unwrap_or_else(|| name.to_string());
+            let message = format!("the weights have no tensor `{expected}`");
+            return Err(candle_core::Error::Msg(message).into());
+        };
+        Ok(self.tensors.load(&hf, &self.device)?.to_dtype(self.dtype)?)
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -1,0 +1,598 @@
+//! The transformer against candle-transformers' model types, which it replaces, on tiny
+//! random-weight models of each family generated here:
+//!
+//! - safetensors (f32) through wick and through candle's `llama`, `qwen2`, `qwen3`, `phi3` and
+//!   `gemma3`: the logits of a whole prompt and of every step of 32 greedy tokens agree;
+//! - GGUF through wick and through candle's quantized llama/qwen2/qwen3: token by token with
+//!   8-bit weights (the same quantized kernels), and a whole prompt with f32 weights;
+//! - a prompt in chunks, or beside other sequences in one pass, gives what one pass alone gives;
+//! - Llama 3 rope scaling agrees with candle's llama past the original context;
+//! - Gemma's sliding window hides exactly the positions it should.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{
+    gemma3, llama, phi3, quantized_llama, quantized_qwen2, quantized_qwen3, qwen2, qwen3,
+};
+use serde_json::json;
+
+use super::*;
+use crate::engine::gguf_metadata::Metadata;
+use crate::engine::load::gguf::GgufSource;
+use crate::engine::load::safetensors::SafetensorsSource;
+
+const PROMPT: [u32; 20] = [
+    7, 42, 3, 100, 17, 250, 8, 66, 128, 5, 31, 99, 12, 200, 77, 1, 54, 9, 180, 23,
+];
+const HF_FAMILIES: [&str; 5] = ["llama", "qwen2", "qwen3", "phi3", "gemma3_text"];
+const GGUF_FAMILIES: [&str; 3] = ["llama", "qwen2", "qwen3"];
+const VOCAB: usize = 256;
+const HIDDEN: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 16;
+const FFN: usize = 128;
+const LAYERS: usize = 2;
+
+/// candle's model for the same weights: `(tokens, position) -> logits of the last token`.
+type Reference = Box<dyn FnMut(&[u32], usize) -> candle_core::Result<Tensor>>;
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The best token and how far ahead of the second it is.
+fn top(logits: &Tensor) -> (u32, f32) {
+    let values = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]));
+    (order[0] as u32, values[order[0]] - values[order[1]])
+}
+
+/// One segment through `model`; the logits of its last token.
+fn step(model: &Transformer, cache: &mut KvCache, tokens: &[u32]) -> Tensor {
+    model
+        .forward(&mut [Segment {
+            cache,
+            tokens,
+            logits: true,
+        }])
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+}
+
+fn random(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 0.3, shape, &Device::Cpu).unwrap()
+}
+
+/// Norm weights near 1 (Gemma's config.json stores them minus one: near 0).
+fn norm_weight(n: usize, gemma: bool) -> Tensor {
+    if gemma {
+        random(&[n])
+    } else {
+        (random(&[n]) + 1.0).unwrap()
+    }
+}
+
+/// `config.json` for a tiny model of `model_type`, with every field candle's config types need.
+fn hf_config(model_type: &str) -> serde_json::Value {
+    json!({
+        "model_type": model_type,
+        "vocab_size": VOCAB,
+        "hidden_size": HIDDEN,
+        "intermediate_size": FFN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "num_key_value_heads": KV_HEADS,
+        "head_dim": HEAD_DIM,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": model_type == "qwen2" || model_type == "gemma3_text",
+        "hidden_act": "silu",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "sliding_window": 128,
+        "max_window_layers": LAYERS,
+        "use_sliding_window": false,
+        "attention_bias": false,
+        "rope_local_base_freq": 1000.0,
+        "query_pre_attn_scalar": HEAD_DIM,
+        "sliding_window_pattern": 2,
+        "final_logit_softcapping": null,
+        "attn_logit_softcapping": null,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "rope_scaling": null,
+    })
+}
+
+/// Writes random safetensors of the Hugging Face names for `config` into `dir`.
+fn hf_weights(config: &serde_json::Value, dir: &Path) {
+    let model_type = config["model_type"].as_str().unwrap();
+    let gemma = model_type == "gemma3_text";
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("model.embed_tokens.weight".into(), random(&[VOCAB, HIDDEN]));
+    t.insert("model.norm.weight".into(), norm_weight(HIDDEN, gemma));
+    if !config["tie_word_embeddings"].as_bool().unwrap() {
+        t.insert("lm_head.weight".into(), random(&[VOCAB, HIDDEN]));
+    }
+    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    for i in 0..LAYERS {
+        let mut add = |name: &str, tensor: Tensor| {
+            t.insert(format!("model.layers.{i}.{name}"), tensor);
+        };
+        add("input_layernorm.weight", norm_weight(HIDDEN, gemma));
+        add(
+            "post_attention_layernorm.weight",
+            norm_weight(HIDDEN, gemma),
+        );
+        add("self_attn.o_proj.weight", random(&[HIDDEN, q]));
+        add("mlp.down_proj.weight", random(&[HIDDEN, FFN]));
+        if model_type == "phi3" {
+            add("self_attn.qkv_proj.weight", random(&[q + 2 * kv, HIDDEN]));
+            add("mlp.gate_up_proj.weight", random(&[2 * FFN, HIDDEN]));
+            continue;
+        }
+        add("self_attn.q_proj.weight", random(&[q, HIDDEN]));
+        add("self_attn.k_proj.weight", random(&[kv, HIDDEN]));
+        add("self_attn.v_proj.weight", random(&[kv, HIDDEN]));
+        add("mlp.gate_proj.weight", random(&[FFN, HIDDEN]));
+        add("mlp.up_proj.weight", random(&[FFN, HIDDEN]));
+        if model_type == "qwen2" {
+            add("self_attn.q_proj.bias", random(&[q]));
+            add("self_attn.k_proj.bias", random(&[kv]));
+            add("self_attn.v_proj.bias", random(&[kv]));
+        }
+        if model_type == "qwen3" || gemma {
+            add("self_attn.q_norm.weight", norm_weight(HEAD_DIM, gemma));
+            add("self_attn.k_norm.weight", norm_weight(HEAD_DIM, gemma));
+        }
+        if gemma {
+            add(
+                "pre_feedforward_layernorm.weight",
+                norm_weight(HIDDEN, gemma),
+            );
+            add(
+                "post_feedforward_layernorm.weight",
+                norm_weight(HIDDEN, gemma),
+            );
+        }
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+}
+
+fn ours_hf(config: &serde_json::Value, dir: &Path) -> Transformer {
+    let family = Family::from_hf(config["model_type"].as_str().unwrap()).unwrap();
+    let tensors = unsafe { MmapedSafetensors::multi(&[dir.join("model.safetensors")]) }.unwrap();
+    let mut source = SafetensorsSource {
+        tensors,
+        family,
+        dtype: DType::F32,
+        device: Device::Cpu,
+    };
+    Transformer::load(Config::from_hf(config).unwrap(), &mut source, &Device::Cpu).unwrap()
+}
+
+fn candle_hf(config: &serde_json::Value, dir: &Path) -> Reference {
+    let device = Device::Cpu;
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &device)
+    }
+    .unwrap();
+    let input = |tokens: &[u32]| Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0);
+    let parse = |c: &serde_json::Value| c.clone();
+    match config["model_type"].as_str().unwrap() {
+        "llama" => {
+            let cfg: llama::LlamaConfig = serde_json::from_value(parse(config)).unwrap();
+            let cfg = cfg.into_config(false);
+            let model = llama::Llama::load(vb, &cfg).unwrap();
+            let mut cache = llama::Cache::new(true, DType::F32, &cfg, &device).unwrap();
+            Box::new(move |tokens, pos| model.forward(&input(tokens)?, pos, &mut cache))
+        }
+        "qwen2" => {
+            let cfg: qwen2::Config = serde_json::from_value(parse(config)).unwrap();
+            let mut m = qwen2::ModelForCausalLM::new(&cfg, vb).unwrap();
+            Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
+        }
+        "qwen3" => {
+            let cfg: qwen3::Config = serde_json::from_value(parse(config)).unwrap();
+            let mut m = qwen3::ModelForCausalLM::new(&cfg, vb).unwrap();
+            Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
+        }
+        "phi3" => {
+            let cfg: phi3::Config = serde_json::from_value(parse(config)).unwrap();
+            let mut m = phi3::Model::new(&cfg, vb).unwrap();
+            Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
+        }
+        _ => {
+            let cfg: gemma3::Config = serde_json::from_value(parse(config)).unwrap();
+            let mut m = gemma3::Model::new(false, &cfg, vb).unwrap();
+            // candle's gemma3 cannot take several tokens into its sliding-window cache (a
+            // slice_set on a non-contiguous tensor): feed it one token at a time.
+            Box::new(move |tokens, pos| {
+                let mut logits = None;
+                for (i, &token) in tokens.iter().enumerate() {
+                    logits = Some(m.forward(&input(&[token])?, pos + i)?);
+                }
+                logits.ok_or_else(|| candle_core::Error::Msg("no tokens".into()))
+            })
+        }
+    }
+}
+
+/// The prompt in one pass, then 32 greedy steps, each compared with the reference. Both are fed
+/// the reference's token, so a near-tie that flips on some CPU cannot derail the comparison.
+fn agree_with_reference(name: &str, model: &Transformer, reference: &mut Reference) {
+    let mut cache = model.new_cache(PROMPT.len() + 32).unwrap();
+    let ours = step(model, &mut cache, &PROMPT);
+    let theirs = reference(&PROMPT, 0).unwrap_or_else(|e| panic!("{name}: candle: {e}"));
+    let diff = max_diff(&ours, &theirs);
+    assert!(diff < 1e-3, "{name}: prompt logits differ by {diff}");
+    let mut next = top(&theirs).0;
+    for i in 0..32 {
+        let pos = PROMPT.len() + i;
+        let ours = step(model, &mut cache, &[next]);
+        let theirs = reference(&[next], pos).unwrap_or_else(|e| panic!("{name}: candle: {e}"));
+        let diff = max_diff(&ours, &theirs);
+        assert!(diff < 1e-3, "{name}, step {i}: logits differ by {diff}");
+        let ((a, _), (b, margin)) = (top(&ours), top(&theirs));
+        assert!(
+            a == b || margin < 1e-4,
+            "{name}, step {i}: greedy {a} vs {b}"
+        );
+        next = b;
+    }
+}
+
+#[test]
+fn safetensors_families_match_candle() {
+    for model_type in HF_FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let config = hf_config(model_type);
+        hf_weights(&config, dir.path());
+        let model = ours_hf(&config, dir.path());
+        agree_with_reference(model_type, &model, &mut candle_hf(&config, dir.path()));
+    }
+}
+
+#[test]
+fn llama3_rope_scaling_matches_candle_past_the_original_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hf_config("llama");
+    config["rope_scaling"] = json!({
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    });
+    hf_weights(&config, dir.path());
+    let model = ours_hf(&config, dir.path());
+    assert!(matches!(
+        model.config().rope_scaling,
+        config::RopeScaling::Llama3 { .. }
+    ));
+    // The prompt (20) and the 32 steps run past the original 16 positions.
+    agree_with_reference("llama3", &model, &mut candle_hf(&config, dir.path()));
+    // Without the scaling the same weights give other logits: the test sees the scaling.
+    let mut plain = config.clone();
+    plain["rope_scaling"] = json!(null);
+    let unscaled = ours_hf(&plain, dir.path());
+    let a = step(&model, &mut model.new_cache(20).unwrap(), &PROMPT);
+    let b = step(&unscaled, &mut unscaled.new_cache(20).unwrap(), &PROMPT);
+    assert!(max_diff(&a, &b) > 1e-3);
+}
+
+#[test]
+fn unsupported_configs_are_refused_by_name() {
+    let cases = [
+        (
+            "rope_scaling",
+            json!({"rope_type": "yarn", "factor": 4.0}),
+            "yarn",
+        ),
+        (
+            "final_logit_softcapping",
+            json!(30.0),
+            "final_logit_softcapping",
+        ),
+        ("partial_rotary_factor", json!(0.5), "partial_rotary_factor"),
+        ("model_type", json!("mamba"), "mamba"),
+    ];
+    for (key, value, named) in cases {
+        let mut config = hf_config("llama");
+        config[key] = value;
+        let error = Config::from_hf(&config).unwrap_err();
+        assert!(error.contains(named), "{key}: {error}");
+    }
+}
+
+#[test]
+fn a_prompt_in_chunks_and_beside_other_sequences_equals_one_pass() {
+    for model_type in HF_FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let config = hf_config(model_type);
+        hf_weights(&config, dir.path());
+        let model = ours_hf(&config, dir.path());
+        let whole = step(&model, &mut model.new_cache(20).unwrap(), &PROMPT);
+        let mut cache = model.new_cache(20).unwrap();
+        step(&model, &mut cache, &PROMPT[..12]);
+        let chunked = step(&model, &mut cache, &PROMPT[12..]);
+        assert_eq!(cache.len(), PROMPT.len());
+        let diff = max_diff(&chunked, &whole);
+        assert!(diff < 1e-4, "{model_type}: chunks differ by {diff}");
+
+        // Three sequences in one pass: a prompt, a prompt's continuation, and one decode row.
+        let (mut a, mut b, mut c) = (
+            model.new_cache(20).unwrap(),
+            model.new_cache(20).unwrap(),
+            model.new_cache(20).unwrap(),
+        );
+        step(&model, &mut b, &PROMPT[..12]);
+        step(&model, &mut c, &PROMPT[..19]);
+        let alone_c = step(&model, &mut model.new_cache(20).unwrap(), &PROMPT);
+        let batch = model
+            .forward(&mut [
+                Segment {
+                    cache: &mut a,
+                    tokens: &PROMPT,
+                    logits: true,
+                },
+                Segment {
+                    cache: &mut b,
+                    tokens: &PROMPT[12..],
+                    logits: false,
+                },
+                Segment {
+                    cache: &mut c,
+                    tokens: &PROMPT[19..],
+                    logits: true,
+                },
+            ])
+            .unwrap();
+        assert_eq!(batch.dims(), &[2, VOCAB]);
+        assert!(
+            max_diff(&batch.get(0).unwrap(), &whole) < 1e-4,
+            "{model_type}"
+        );
+        assert!(
+            max_diff(&batch.get(1).unwrap(), &alone_c) < 1e-4,
+            "{model_type}"
+        );
+        assert_eq!((a.len(), b.len(), c.len()), (20, 20, 20));
+    }
+}
+
+#[test]
+fn the_sliding_window_hides_exactly_the_positions_behind_it() {
+    // Both layers slide with a window of 4: the last of 20 positions sees 16..=19 in the second
+    // layer, and through them 13..=19 of the input; position 12 cannot reach it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hf_config("gemma3_text");
+    config["sliding_window"] = json!(4);
+    config["sliding_window_pattern"] = json!(6);
+    hf_weights(&config, dir.path());
+    let model = ours_hf(&config, dir.path());
+    let logits = |prompt: &[u32]| step(&model, &mut model.new_cache(20).unwrap(), prompt);
+    let base = logits(&PROMPT);
+    let mut changed = PROMPT;
+    changed[12] += 1;
+    assert_eq!(
+        max_diff(&logits(&changed), &base),
+        0.0,
+        "position 12 leaked in"
+    );
+    let mut changed = PROMPT;
+    changed[13] += 1;
+    assert!(
+        max_diff(&logits(&changed), &base) > 1e-4,
+        "position 13 is in view"
+    );
+    // Token by token (no mask, a narrowed cache) gives the same as one pass.
+    let mut cache = model.new_cache(20).unwrap();
+    let mut last = None;
+    for &token in &PROMPT {
+        last = Some(step(&model, &mut cache, &[token]));
+    }
+    assert!(max_diff(&last.unwrap(), &base) < 1e-4);
+}
+
+/// A tiny random-weight GGUF file of `architecture` in memory, matrices stored as `dtype`.
+fn gguf(architecture: &str, dtype: GgmlDType) -> Vec<u8> {
+    let ones = |n: usize| (random(&[n]) + 1.0).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut add = |name: String, t: Tensor, dtype| {
+        tensors.push((name, QTensor::quantize(&t, dtype).unwrap()))
+    };
+    let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
+    add("token_embd.weight".into(), random(&[VOCAB, HIDDEN]), dtype);
+    add("output_norm.weight".into(), ones(HIDDEN), GgmlDType::F32);
+    add("output.weight".into(), random(&[VOCAB, HIDDEN]), dtype);
+    for i in 0..LAYERS {
+        let n = |part: &str| format!("blk.{i}.{part}");
+        add(n("attn_norm.weight"), ones(HIDDEN), GgmlDType::F32);
+        add(n("ffn_norm.weight"), ones(HIDDEN), GgmlDType::F32);
+        add(n("attn_q.weight"), random(&[q, HIDDEN]), dtype);
+        add(n("attn_k.weight"), random(&[kv, HIDDEN]), dtype);
+        add(n("attn_v.weight"), random(&[kv, HIDDEN]), dtype);
+        add(n("attn_output.weight"), random(&[HIDDEN, q]), dtype);
+        add(n("ffn_gate.weight"), random(&[FFN, HIDDEN]), dtype);
+        add(n("ffn_up.weight"), random(&[FFN, HIDDEN]), dtype);
+        add(n("ffn_down.weight"), random(&[HIDDEN, FFN]), dtype);
+        if architecture == "qwen2" {
+            add(n("attn_q.bias"), random(&[q]), GgmlDType::F32);
+            add(n("attn_k.bias"), random(&[kv]), GgmlDType::F32);
+            add(n("attn_v.bias"), random(&[kv]), GgmlDType::F32);
+        }
+        if architecture == "qwen3" {
+            add(n("attn_q_norm.weight"), ones(HEAD_DIM), GgmlDType::F32);
+            add(n("attn_k_norm.weight"), ones(HEAD_DIM), GgmlDType::F32);
+        }
+    }
+    let key = |k: &str| format!("{architecture}.{k}");
+    let metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(architecture.into()),
+        ),
+        (key("attention.head_count"), Value::U32(HEADS as u32)),
+        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
+        (key("embedding_length"), Value::U32(HIDDEN as u32)),
+        (key("feed_forward_length"), Value::U32(FFN as u32)),
+        (key("block_count"), Value::U32(LAYERS as u32)),
+        (key("context_length"), Value::U32(256)),
+        (key("rope.dimension_count"), Value::U32(HEAD_DIM as u32)),
+        (key("rope.freq_base"), Value::F32(10_000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        // candle's qwen3 builds its rotary tables in this dtype; 0 is f32.
+        ("general.dtype".to_string(), Value::U32(0)),
+    ];
+    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut bytes = Cursor::new(Vec::new());
+    gguf_file::write(&mut bytes, &metadata, &tensors).unwrap();
+    bytes.into_inner()
+}
+
+fn ours_gguf(bytes: &[u8]) -> Transformer {
+    let mut reader = Cursor::new(bytes);
+    let ct = gguf_file::Content::read(&mut reader).unwrap();
+    let config = Config::from_gguf(Metadata(&ct)).unwrap();
+    let mut source = GgufSource {
+        ct: &ct,
+        reader: &mut reader,
+        device: &Device::Cpu,
+        repacked: 0,
+    };
+    Transformer::load(config, &mut source, &Device::Cpu).unwrap()
+}
+
+fn candle_gguf(architecture: &str, bytes: &[u8]) -> Reference {
+    let mut reader = Cursor::new(bytes.to_vec());
+    let ct = gguf_file::Content::read(&mut reader).unwrap();
+    let device = Device::Cpu;
+    let input = |tokens: &[u32]| Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0);
+    match architecture {
+        "llama" => {
+            let mut m = quantized_llama::ModelWeights::from_gguf(ct, &mut reader, &device).unwrap();
+            Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
+        }
+        "qwen2" => {
+            let mut m = quantized_qwen2::ModelWeights::from_gguf(ct, &mut reader, &device).unwrap();
+            Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
+        }
+        _ => {
+            let mut m = quantized_qwen3::ModelWeights::from_gguf(ct, &mut reader, &device).unwrap();
+            Box::new(move |tokens, pos| m.forward(&input(tokens)?, pos))
+        }
+    }
+}
+
+#[test]
+fn impossible_head_counts_are_errors() {
+    for (heads, kv_heads) in [(0, 0), (4, 0), (4, 3)] {
+        let mut ct =
+            gguf_file::Content::read(&mut Cursor::new(gguf("llama", GgmlDType::Q8_0))).unwrap();
+        ct.metadata
+            .insert("llama.attention.head_count".into(), Value::U32(heads));
+        ct.metadata
+            .insert("llama.attention.head_count_kv".into(), Value::U32(kv_heads));
+        let error = Config::from_gguf(Metadata(&ct)).unwrap_err();
+        assert!(error.contains("corrupt"), "{error}");
+    }
+}
+
+#[test]
+fn gguf_token_by_token_matches_candle() {
+    for architecture in GGUF_FAMILIES {
+        let bytes = gguf(architecture, GgmlDType::Q8_0);
+        let (model, mut reference) = (ours_gguf(&bytes), candle_gguf(architecture, &bytes));
+        let mut cache = model.new_cache(PROMPT.len()).unwrap();
+        for (pos, &token) in PROMPT.iter().enumerate() {
+            let diff = max_diff(
+                &step(&model, &mut cache, &[token]),
+                &reference(&[token], pos).unwrap(),
+            );
+            assert!(
+                diff < 1e-3,
+                "{architecture}, step {pos}: logits differ by {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_gguf_prompt_matches_candle_in_one_pass_and_in_chunks() {
+    for architecture in GGUF_FAMILIES {
+        let bytes = gguf(architecture, GgmlDType::F32);
+        let model = ours_gguf(&bytes);
+        let whole = step(&model, &mut model.new_cache(20).unwrap(), &PROMPT);
+        let diff = max_diff(
+            &whole,
+            &candle_gguf(architecture, &bytes)(&PROMPT, 0).unwrap(),
+        );
+        assert!(diff < 1e-3, "{architecture}: logits differ by {diff}");
+        let mut cache = model.new_cache(20).unwrap();
+        step(&model, &mut cache, &PROMPT[..12]);
+        let diff = max_diff(&step(&model, &mut cache, &PROMPT[12..]), &whole);
+        assert!(diff < 1e-4, "{architecture}: chunks differ by {diff}");
+    }
+}
+
+#[test]
+fn gemm_prompts_stay_close_to_the_quantized_kernels() {
+    // Same 8-bit weights; the prompt pass multiplies by them dequantized, token steps by the
+    // quantized kernel (which also rounds the activations to 8 bits).
+    let model = ours_gguf(&gguf("llama", GgmlDType::Q8_0));
+    let long: Vec<u32> = PROMPT.iter().chain(&PROMPT).copied().collect();
+    let gemm = step(&model, &mut model.new_cache(40).unwrap(), &long);
+    let mut cache = model.new_cache(40).unwrap();
+    let mut stepped = None;
+    for &token in &long {
+        stepped = Some(step(&model, &mut cache, &[token]));
+    }
+    let stepped = stepped.unwrap();
+    let dot = |a: &Tensor, b: &Tensor| {
+        (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let cosine = dot(&gemm, &stepped) / (dot(&gemm, &gemm).sqrt() * dot(&stepped, &stepped).sqrt());
+    assert!(cosine > 0.99, "cosine {cosine}");
+}
+
+#[test]
+fn a_cache_refuses_to_grow_past_its_capacity() {
+    let model = ours_gguf(&gguf("llama", GgmlDType::Q8_0));
+    let mut cache = model.new_cache(4).unwrap();
+    assert_eq!(cache.bytes(), 4 * 2 * LAYERS * KV_HEADS * HEAD_DIM * 4);
+    step(&model, &mut cache, &PROMPT[..4]);
+    let error = model
+        .forward(&mut [Segment {
+            cache: &mut cache,
+            tokens: &[1],
+            logits: true,
+        }])
+        .unwrap_err();
+    assert!(error.to_string().contains("past the 4"), "{error}");
+}

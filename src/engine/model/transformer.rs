@@ -1,0 +1,375 @@
+//! One decoder-only transformer for every family and weight format wick runs.
+//!
+//! The weights are immutable and shared; each sequence brings its own [`KvCache`]. A forward
+//! pass takes a batch of [`Segment`]s — a sequence's cache and the tokens that continue it — and
+//! runs the embeddings, projections and MLP once over the rows of all segments; attention runs
+//! per segment against its own cache. Logits are computed only for the segments that ask.
+
+use candle_core::{D, DType, Device, Tensor};
+
+use super::config::{Activation, Config, RopeScaling};
+use super::kv::KvCache;
+use super::linear::Linear;
+use super::rope::Rope;
+use super::weights::WeightSource;
+use crate::error::{Error, Result};
+
+/// One sequence's share of a forward pass.
+pub(crate) struct Segment<'a> {
+    pub cache: &'a mut KvCache,
+    /// The tokens that follow what `cache` holds.
+    pub tokens: &'a [u32],
+    /// Whether to return the logits of the last token.
+    pub logits: bool,
+}
+
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+enum GateUp {
+    Separate { gate: Linear, up: Linear },
+    Fused(Linear),
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    qkv: Qkv,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    o: Linear,
+    post_attn_norm: Option<Tensor>,
+    ffn_norm: Tensor,
+    gate_up: GateUp,
+    down: Linear,
+    post_ffn_norm: Option<Tensor>,
+    sliding: bool,
+}
+
+pub(crate) struct Transformer {
+    config: Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: Linear,
+    rope: Rope,
+    local_rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl Transformer {
+    /// Builds the model `config` describes from `source`'s tensors.
+    pub fn load(
+        mut config: Config,
+        source: &mut dyn WeightSource,
+        device: &Device,
+    ) -> Result<Self> {
+        let dtype = source.dtype();
+        if source.contains("rope_freqs.weight") {
+            let divisors = source.dense("rope_freqs.weight")?.to_dtype(DType::F32)?;
+            config.rope_scaling = RopeScaling::Divisors(divisors.flatten_all()?.to_vec1()?);
+        }
+        let offset = config.norm_weight_offset;
+        let norm = |source: &mut dyn WeightSource, name: &str| -> Result<Tensor> {
+            let w = source.dense(name)?;
+            Ok(if offset != 0.0 { (w + offset)? } else { w })
+        };
+        let embed = source.dense("token_embd.weight")?;
+        // Tied embeddings: without its own output matrix the model reuses the embeddings.
+        let output = match source.contains("output.weight") {
+            true => source.linear("output.weight", None)?,
+            false => source.linear("token_embd.weight", None)?,
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let name = |part: &str| format!("blk.{i}.{part}");
+            let linear = |source: &mut dyn WeightSource, part: &str| -> Result<Linear> {
+                let bias = format!("blk.{i}.{part}.bias");
+                let bias = match source.contains(&bias) {
+                    true => Some(source.dense(&bias)?),
+                    false => None,
+                };
+                source.linear(&format!("blk.{i}.{part}.weight"), bias)
+            };
+            let qkv = match config.fused_projections {
+                true => Qkv::Fused(linear(source, "attn_qkv")?),
+                false => Qkv::Separate {
+                    q: linear(source, "attn_q")?,
+                    k: linear(source, "attn_k")?,
+                    v: linear(source, "attn_v")?,
+                },
+            };
+            let gate_up = match config.fused_projections {
+                true => GateUp::Fused(linear(source, "ffn_up")?),
+                false => GateUp::Separate {
+                    gate: linear(source, "ffn_gate")?,
+                    up: linear(source, "ffn_up")?,
+                },
+            };
+            let (q_norm, k_norm) = match config.qk_norm {
+                true => (
+                    Some(norm(source, &name("attn_q_norm.weight"))?),
+                    Some(norm(source, &name("attn_k_norm.weight"))?),
+                ),
+                false => (None, None),
+            };
+            let (post_attn_norm, post_ffn_norm) = match config.sandwich_norms {
+                true => (
+                    Some(norm(source, &name("post_attention_norm.weight"))?),
+                    Some(norm(source, &name("post_ffw_norm.weight"))?),
+                ),
+                false => (None, None),
+            };
+            layers.push(Layer {
+                attn_norm: norm(source, &name("attn_norm.weight"))?,
+                qkv,
+                q_norm,
+                k_norm,
+                o: linear(source, "attn_output")?,
+                post_attn_norm,
+                ffn_norm: norm(source, &name("ffn_norm.weight"))?,
+                gate_up,
+                down: linear(source, "ffn_down")?,
+                post_ffn_norm,
+                sliding: config.sliding_layers.get(i).copied().unwrap_or(false),
+            });
+        }
+        Ok(Self {
+            norm: norm(source, "output_norm.weight")?,
+            rope: Rope::new(&config, false, device)?,
+            local_rope: Rope::new(&config, true, device)?,
+            config,
+            embed,
+            layers,
+            output,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// An empty cache with room for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.config, capacity, self.dtype, &self.device)
+    }
+
+    /// Runs every segment's tokens and returns, in order, the f32 logits `(vocab,)` of the last
+    /// token of each segment that asked for them, as rows of one `(n, vocab)` tensor.
+    pub fn forward(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut logit_rows = Vec::new();
+        for segment in segments.iter() {
+            let start = segment.cache.len();
+            let end = start + segment.tokens.len();
+            if segment.tokens.is_empty() {
+                return Err(Error::InvalidRequest("a segment has no tokens".into()));
+            }
+            if end > self.config.context_length {
+                return Err(Error::InvalidRequest(format!(
+                    "position {end} is past the context window of {} tokens",
+                    self.config.context_length
+                )));
+            }
+            ids.extend_from_slice(segment.tokens);
+            positions.extend(start as u32..end as u32);
+            if segment.logits {
+                logit_rows.push(ids.len() as u32 - 1);
+            }
+        }
+        let rows = ids.len();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        let global = self.rope.tables(&positions)?;
+        let local = self.local_rope.tables(&positions)?;
+
+        let mut x = self.embed.index_select(&ids, 0)?;
+        if let Some(scale) = self.config.embed_scale {
+            x = (x * scale)?;
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let tables = if layer.sliding { &local } else { &global };
+            let rope = if layer.sliding {
+                &self.local_rope
+            } else {
+                &self.rope
+            };
+            let h = self.rms_norm(&x, &layer.attn_norm)?;
+            let h = self.attention(i, layer, &h, rows, segments, rope, tables)?;
+            let h = match &layer.post_attn_norm {
+                Some(norm) => self.rms_norm(&h, norm)?,
+                None => h,
+            };
+            x = (x + h)?;
+            let h = self.mlp(layer, &self.rms_norm(&x, &layer.ffn_norm)?)?;
+            let h = match &layer.post_ffn_norm {
+                Some(norm) => self.rms_norm(&h, norm)?,
+                None => h,
+            };
+            x = (x + h)?;
+        }
+        for segment in segments.iter_mut() {
+            segment.cache.advance(segment.tokens.len());
+        }
+        if logit_rows.is_empty() {
+            return Ok(Tensor::zeros((0, 0), DType::F32, &self.device)?);
+        }
+        let rows = Tensor::new(logit_rows.as_slice(), &self.device)?;
+        let last = self.rms_norm(&x.index_select(&rows, 0)?, &self.norm)?;
+        Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::rms_norm(
+            x,
+            weight,
+            self.config.norm_eps as f32,
+        )?)
+    }
+
+    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let (gate, up) = match &layer.gate_up {
+            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Fused(gate_up) => {
+                let both = gate_up.forward(x)?;
+                let half = both.dim(D::Minus1)? / 2;
+                (
+                    both.narrow(D::Minus1, 0, half)?,
+                    both.narrow(D::Minus1, half, half)?,
+                )
+            }
+        };
+        let gate = match self.config.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        layer.down.forward(&(gate * up)?)
+    }
+
+    /// Self-attention of layer `index` over `x`, `(rows, hidden)`: the rows of all segments.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        index: usize,
+        layer: &Layer,
+        x: &Tensor,
+        rows: usize,
+        segments: &mut [Segment<'_>],
+        rope: &Rope,
+        (cos, sin): &(Tensor, Tensor),
+    ) -> Result<Tensor> {
+        let Config {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.config;
+        let (q, k, v) = match &layer.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Fused(qkv) => {
+                let all = qkv.forward(x)?;
+                let (nq, nk) = (heads * head_dim, kv_heads * head_dim);
+                (
+                    all.narrow(1, 0, nq)?,
+                    all.narrow(1, nq, nk)?,
+                    all.narrow(1, nq + nk, nk)?,
+                )
+            }
+        };
+        // (rows, n * head_dim) -> (1, n, rows, head_dim), normalized per head where asked.
+        let heads_first = |t: Tensor, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+            let mut t = t.contiguous()?.reshape((rows, n, head_dim))?;
+            if let Some(norm) = norm {
+                t = self.rms_norm(&t, norm)?;
+            }
+            Ok(t.unsqueeze(0)?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads_first(q, heads, layer.q_norm.as_ref())?;
+        let k = heads_first(k, kv_heads, layer.k_norm.as_ref())?;
+        let v = heads_first(v, kv_heads, None)?;
+        let q = (rope.apply(&q, cos, sin)? * self.config.attention_scale)?;
+        let k = rope.apply(&k, cos, sin)?;
+        let (q, k, v) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
+
+        let groups = heads / kv_heads;
+        let window = self.config.sliding_window.filter(|_| layer.sliding);
+        let mut outputs = Vec::with_capacity(segments.len());
+        let mut offset = 0;
+        for segment in segments.iter_mut() {
+            let len = segment.tokens.len();
+            let start = segment.cache.len();
+            let (keys, values) = segment.cache.write(
+                index,
+                &k.narrow(1, offset, len)?,
+                &v.narrow(1, offset, len)?,
+            )?;
+            // Keys no query of this segment may see (outside the window) are skipped.
+            let first = window.map_or(0, |w| (start + 1).saturating_sub(w));
+            let keys = keys.narrow(1, first, start + len - first)?;
+            let values = values.narrow(1, first, start + len - first)?;
+            // Queries grouped under the key/value head they share: (kv_heads, groups * len, d).
+            let q = q.narrow(1, offset, len)?.contiguous()?.reshape((
+                kv_heads,
+                groups * len,
+                head_dim,
+            ))?;
+            let scores = q.matmul(&keys.t()?)?;
+            let scores = match mask(len, start, first, window, &self.device)? {
+                Some(mask) => scores
+                    .reshape((kv_heads, groups, len, start + len - first))?
+                    .broadcast_add(&mask.to_dtype(scores.dtype())?)?
+                    .reshape((kv_heads, groups * len, start + len - first))?,
+                None => scores,
+            };
+            let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+            let y = weights.matmul(&values)?;
+            // (kv_heads, groups * len, d) -> (len, heads * d)
+            let y = y
+                .reshape((heads, len, head_dim))?
+                .transpose(0, 1)?
+                .reshape((len, heads * head_dim))?;
+            outputs.push(y);
+            offset += len;
+        }
+        let y = match outputs.len() {
+            1 => outputs.remove(0),
+            _ => Tensor::cat(&outputs, 0)?,
+        };
+        layer.o.forward(&y)
+    }
+}
+
+/// `(len, keys)` for queries at `start..start + len` over keys `first..start + len`: 0 where a
+/// query may look (not ahead of itself, not `window` or more behind), -inf elsewhere; `None`
+/// for a single query, which sees every key it is given.
+fn mask(
+    len: usize,
+    start: usize,
+    first: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Option<Tensor>> {
+    let keys = start + len - first;
+    let visible = |query: usize, key: usize| key <= query && window.is_none_or(|w| query - key < w);
+    // One query sees every key from `first` (the window's start) to itself.
+    if len == 1 {
+        return Ok(None);
+    }
+    let values: Vec<f32> = (0..len)
+        .flat_map(|i| {
+            (first..start + len).map(move |j| {
+                if visible(start + i, j) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(values, (len, keys), device)?))
+}
