@@ -203,6 +203,64 @@ fn sentencepiece_from_gguf(meta: Metadata<'_>) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// Streaming detokenization: the tokenizers crate's decode-stream step (each piece is new, whole
+/// UTF-8 characters), plus [`Detokenizer::flush`] for the end of a generation, which that crate's
+/// `DecodeStream` lacks.
+pub(crate) struct Detokenizer<'t> {
+    tokenizer: &'t Tokenizer,
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
+impl<'t> Detokenizer<'t> {
+    /// Primed with `context` (the end of the prompt), so the first generated token gets the
+    /// leading space some tokenizers only render after a previous token.
+    pub fn new(tokenizer: &'t Tokenizer, context: &[u32]) -> Self {
+        let mut detokenizer = Self {
+            tokenizer,
+            ids: Vec::new(),
+            prefix: String::new(),
+            prefix_index: 0,
+        };
+        for &id in context {
+            let _ = detokenizer.step(id);
+        }
+        detokenizer
+    }
+
+    /// The text `id` completes, if any (`None` while a character is incomplete).
+    pub fn step(&mut self, id: u32) -> Result<Option<String>> {
+        tokenizers::tokenizer::step_decode_stream(
+            self.tokenizer,
+            vec![id],
+            true,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map_err(|e| Error::Tokenizer(format!("detokenizing failed: {e}")))
+    }
+
+    /// At the end of a generation: the whole characters still held back behind an incomplete
+    /// one (a token holding a space and the first byte of an emoji, say). The incomplete bytes
+    /// themselves are dropped.
+    pub fn flush(&mut self) -> String {
+        let Ok(text) = self.tokenizer.decode(&self.ids, true) else {
+            return String::new();
+        };
+        let text = text.trim_end_matches('\u{FFFD}');
+        match text.strip_prefix(self.prefix.as_str()) {
+            Some(rest) if !rest.is_empty() => {
+                let rest = rest.to_string();
+                self.prefix = text.to_string();
+                rest
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 /// The text of token `id`, for templates that need `bos_token`/`eos_token`.
 pub(crate) fn token_text(tokenizer: &Tokenizer, id: u32) -> Option<String> {
     tokenizer.id_to_token(id)

@@ -21,6 +21,7 @@ use super::Counters;
 use super::model::{KvCache, Segment, Transformer};
 use super::sampling::{Sampler, SamplingParams, StopCheck, StopMatcher};
 use super::stream::{FinishReason, Summary, Token, TokenEvent};
+use super::tokenizer::Detokenizer;
 
 /// One admitted request, as the worker receives it.
 pub(crate) struct Job {
@@ -130,14 +131,7 @@ struct Sequence<'t> {
     /// Set once admitted; dropped (and its memory freed) when the sequence finishes.
     cache: Option<KvCache>,
     sampler: Sampler,
-    decoder: tokenizers::tokenizer::DecodeStream<
-        't,
-        tokenizers::ModelWrapper,
-        tokenizers::NormalizerWrapper,
-        tokenizers::PreTokenizerWrapper,
-        tokenizers::PostProcessorWrapper,
-        tokenizers::DecoderWrapper,
-    >,
+    decoder: Detokenizer<'t>,
     stops: StopMatcher,
     /// Prompt and generated tokens, for the repeat penalty.
     history: Vec<u32>,
@@ -151,13 +145,8 @@ struct Sequence<'t> {
 
 impl<'t> Sequence<'t> {
     fn new(job: Job, tokenizer: &'t Tokenizer, counters: Arc<Counters>) -> Self {
-        let mut decoder = tokenizer.decode_stream(true);
-        // Prime the detokenizer with the end of the prompt, so the first generated token gets
-        // the leading space that some tokenizers only render after a previous token.
         let tail = job.prompt.len().saturating_sub(4);
-        for &id in &job.prompt[tail..] {
-            let _ = decoder.step(id);
-        }
+        let decoder = Detokenizer::new(tokenizer, &job.prompt[tail..]);
         Self {
             sampler: Sampler::new(&job.params, job.seed),
             stops: StopMatcher::new(job.params.stop.clone()),
@@ -236,37 +225,38 @@ impl<'t> Sequence<'t> {
         self.generated += 1;
         self.counters.tokens.fetch_add(1, Relaxed);
         self.first_token.get_or_insert_with(Instant::now);
-        if !self.job.params.ignore_eos && setup.stop_ids.contains(&token) {
-            let held = self.stops.flush();
-            self.emit(token, held);
-            self.finish(FinishReason::Stop, None);
-            return;
-        }
-        self.history.push(token);
-        let text = match self.decoder.step(token) {
-            Ok(text) => text.unwrap_or_default(),
-            Err(e) => {
-                self.finish(
-                    FinishReason::Error,
-                    Some(format!("detokenizing failed: {e}")),
-                );
-                return;
+        let eos = !self.job.params.ignore_eos && setup.stop_ids.contains(&token);
+        let last = eos || self.generated >= self.job.params.max_tokens;
+        let mut text = String::new();
+        if !eos {
+            self.history.push(token);
+            match self.decoder.step(token) {
+                Ok(piece) => text = piece.unwrap_or_default(),
+                Err(e) => {
+                    self.finish(FinishReason::Error, Some(e.to_string()));
+                    return;
+                }
             }
-        };
+        }
+        // At the end, whatever whole characters the detokenizer still holds come out too.
+        if last {
+            text.push_str(&self.decoder.flush());
+        }
         match self.stops.push(&text) {
             StopCheck::Stop(text) => {
                 self.emit(token, text);
                 self.finish(FinishReason::Stop, None);
             }
-            StopCheck::Continue(text) => {
-                if self.generated >= self.job.params.max_tokens {
-                    let text = text + &self.stops.flush();
-                    self.emit(token, text);
-                    self.finish(FinishReason::Length, None);
-                } else {
-                    self.emit(token, text);
-                }
+            StopCheck::Continue(text) if last => {
+                let text = text + &self.stops.flush();
+                self.emit(token, text);
+                let reason = match eos {
+                    true => FinishReason::Stop,
+                    false => FinishReason::Length,
+                };
+                self.finish(reason, None);
             }
+            StopCheck::Continue(text) => self.emit(token, text),
         }
     }
 
