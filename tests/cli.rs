@@ -152,9 +152,14 @@ fn models_lists_the_registry() {
     let out = wick(&["models", "--json"]);
     assert!(out.status.success());
     let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(models.as_array().unwrap().len(), 6);
+    assert_eq!(models.as_array().unwrap().len(), 7);
     let out = wick(&["models"]);
-    assert!(text(&out.stdout).contains("qwen2.5-1.5b-instruct-q4_k_m"));
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("qwen2.5-1.5b-instruct-q4_k_m"),
+        "{listing}"
+    );
+    assert!(listing.contains("gemma-3-270m-q4_k_m"), "{listing}");
 }
 
 #[test]

@@ -734,7 +734,7 @@ async fn list_models_shows_what_is_loaded() {
         .as_array()
         .unwrap()
         .clone();
-    assert_eq!(models.len(), 6);
+    assert_eq!(models.len(), 7);
     let small = models
         .iter()
         .find(|m| m["name"] == "smollm2-135m-instruct-q4_1")

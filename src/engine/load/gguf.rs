@@ -146,7 +146,7 @@ impl<R: Read + Seek> WeightSource for GgufSource<'_, R> {
             weight = QTensor::quantize(&weight.dequantize(self.device)?, GgmlDType::Q8_0)?;
             self.repacked += 1;
         }
-        Linear::quantized(weight, bias)
+        Linear::quantized(weight, bias, self.device)
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {

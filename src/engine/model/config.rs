@@ -332,7 +332,7 @@ struct Shape {
 
 /// Queries share key/value heads in equal groups; zero of either cannot be run.
 fn check_heads(heads: usize, kv_heads: usize) -> Result<(), String> {
-    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
         return Err(format!(
             "the model declares {heads} attention heads and {kv_heads} key/value heads; \
              the file is corrupt"

@@ -234,7 +234,10 @@ impl Transformer {
 
     fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let (gate, up) = match &layer.gate_up {
-            GateUp::Separate { gate, up } => (gate.forward(x)?, up.forward(x)?),
+            GateUp::Separate { gate, up } => {
+                let [gate, up] = Linear::forward_many([gate, up], x)?;
+                (gate, up)
+            }
             GateUp::Fused(gate_up) => {
                 let both = gate_up.forward(x)?;
                 let half = both.dim(D::Minus1)? / 2;
@@ -270,7 +273,10 @@ impl Transformer {
             ..
         } = self.config;
         let (q, k, v) = match &layer.qkv {
-            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Separate { q, k, v } => {
+                let [q, k, v] = Linear::forward_many([q, k, v], x)?;
+                (q, k, v)
+            }
             Qkv::Fused(qkv) => {
                 let all = qkv.forward(x)?;
                 let (nq, nk) = (heads * head_dim, kv_heads * head_dim);

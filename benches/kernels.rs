@@ -1,0 +1,68 @@
+//! The CPU matmul kernels wick chooses between for a projection over quantized weights, on the
+//! shapes of the models it benchmarks — candle's quantized kernel on the weights as stored, the
+//! same with the inner dimension zero-padded to a multiple of 256 (where candle's fast x86
+//! kernels apply), and dequantize + f32 GEMM:
+//!
+//! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second.
+//!
+//! `cargo bench --bench kernels`; `cargo test --benches` runs each once as a check.
+
+use std::time::Duration;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{D, Device, Module, Tensor};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+/// (out, in): SmolLM2-135M's MLP up and down, Qwen2.5-1.5B's MLP up.
+const SHAPES: [(usize, usize); 3] = [(1536, 576), (576, 1536), (8960, 1536)];
+
+fn bench(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let mut group = c.benchmark_group("kernels");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+        for (out, inner) in SHAPES {
+            let padded = inner.div_ceil(256) * 256;
+            if dtype == GgmlDType::Q4K && inner % 256 != 0 {
+                continue;
+            }
+            let w = Tensor::randn(0f32, 0.02, (out, inner), &device).expect("weights");
+            let q = QTensor::quantize(&w, dtype).expect("quantize");
+            let wide = w.pad_with_zeros(D::Minus1, 0, padded - inner).expect("pad");
+            let q_wide = QTensor::quantize(&wide, dtype).expect("quantize");
+            let plain = QMatMul::from_qtensor(q).expect("qmatmul");
+            let wide_matmul = QMatMul::from_qtensor(q_wide).expect("qmatmul");
+            for rows in [1, 32, 512] {
+                let x = Tensor::randn(0f32, 1.0, (rows, inner), &device).expect("input");
+                let name = format!("{dtype:?}/{out}x{inner}/{rows}");
+                group.throughput(Throughput::Elements(rows as u64));
+                group.bench_function(BenchmarkId::new(&name, "quantized"), |b| {
+                    b.iter(|| plain.forward(&x).expect("forward"))
+                });
+                if padded != inner {
+                    group.bench_function(BenchmarkId::new(&name, "padded"), |b| {
+                        b.iter(|| {
+                            let x = x.pad_with_zeros(D::Minus1, 0, padded - inner)?;
+                            wide_matmul.forward(&x)
+                        })
+                    });
+                }
+                if let QMatMul::QTensor(q) = &plain {
+                    group.bench_function(BenchmarkId::new(&name, "dequantize_gemm"), |b| {
+                        b.iter(|| {
+                            let w = q.dequantize(&device)?;
+                            x.matmul(&w.t()?)
+                        })
+                    });
+                }
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
