@@ -16,11 +16,11 @@ mod fixture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Bencher, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
 use wick::{
     DeviceChoice, Engine, GenerateRequest, Input, LoadOptions, ManagerConfig, ModelManager,
-    ModelSelector, SamplingParams, TokenEvent,
+    ModelSelector, SamplingParams, Summary, TokenEvent,
 };
 
 const DECODE_TOKENS: usize = 32;
@@ -67,6 +67,33 @@ fn request(tokens: Vec<u32>, max_tokens: usize) -> GenerateRequest {
     })
 }
 
+/// Times `iters` generations of `max_tokens` after `tokens` by what `time` reads off each
+/// summary (the engine's own clock, so the async plumbing is not counted).
+fn summed(
+    b: &mut Bencher<'_>,
+    runtime: &tokio::runtime::Runtime,
+    engine: &Arc<Engine>,
+    tokens: &[u32],
+    max_tokens: usize,
+    time: impl Fn(&Summary) -> Duration + Copy + 'static,
+) {
+    b.to_async(runtime).iter_custom(|iters| {
+        let (engine, tokens) = (engine.clone(), tokens.to_vec());
+        async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let done = engine
+                    .generate(request(tokens.clone(), max_tokens))
+                    .expect("accepted")
+                    .collect_text()
+                    .await;
+                total += time(&done.summary);
+            }
+            total
+        }
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let engines = engines(&runtime);
@@ -80,23 +107,9 @@ fn bench(c: &mut Criterion) {
             let tokens = prompt(engine, len);
             prefill.throughput(Throughput::Elements(len as u64));
             prefill.bench_function(BenchmarkId::new(*backend, len), |b| {
-                b.to_async(&runtime).iter_custom(|iters| {
-                    let (engine, tokens) = (engine.clone(), tokens.clone());
-                    async move {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let done = engine
-                                .generate(request(tokens.clone(), 1))
-                                .expect("accepted")
-                                .collect_text()
-                                .await;
-                            total += Duration::from_secs_f64(
-                                len as f64 / done.summary.prefill_tokens_per_second,
-                            );
-                        }
-                        total
-                    }
-                });
+                summed(b, &runtime, engine, &tokens, 1, move |s| {
+                    Duration::from_secs_f64(len as f64 / s.prefill_tokens_per_second)
+                })
             });
         }
     }
@@ -110,21 +123,9 @@ fn bench(c: &mut Criterion) {
     for (backend, engine) in &engines {
         let tokens = prompt(engine, 1);
         decode.bench_function(*backend, |b| {
-            b.to_async(&runtime).iter_custom(|iters| {
-                let (engine, tokens) = (engine.clone(), tokens.clone());
-                async move {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let done = engine
-                            .generate(request(tokens.clone(), DECODE_TOKENS))
-                            .expect("accepted")
-                            .collect_text()
-                            .await;
-                        total += done.summary.total_time;
-                    }
-                    total
-                }
-            });
+            summed(b, &runtime, engine, &tokens, DECODE_TOKENS, |s| {
+                s.total_time
+            })
         });
     }
     decode.finish();
@@ -173,25 +174,11 @@ fn bench_depth(c: &mut Criterion) {
     for (backend, engine) in &engines {
         for len in [1, 2048] {
             let tokens = prompt(engine, len);
+            // The decode rate counts the tokens after the first.
             depth.bench_function(BenchmarkId::new(*backend, len), |b| {
-                b.to_async(&runtime).iter_custom(|iters| {
-                    let (engine, tokens) = (engine.clone(), tokens.clone());
-                    async move {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let done = engine
-                                .generate(request(tokens.clone(), DECODE_TOKENS + 1))
-                                .expect("accepted")
-                                .collect_text()
-                                .await;
-                            // The decode rate counts the tokens after the first.
-                            total += Duration::from_secs_f64(
-                                DECODE_TOKENS as f64 / done.summary.decode_tokens_per_second,
-                            );
-                        }
-                        total
-                    }
-                });
+                summed(b, &runtime, engine, &tokens, DECODE_TOKENS + 1, |s| {
+                    Duration::from_secs_f64(DECODE_TOKENS as f64 / s.decode_tokens_per_second)
+                })
             });
         }
     }

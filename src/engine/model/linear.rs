@@ -186,32 +186,13 @@ mod tests {
         let y = linear.forward(&x).unwrap();
         assert_eq!(y.dims(), &[3, n]);
         // The kernels round the activations to 8 bits: close to the f32 product, not equal.
-        let error = (&y - &exact)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = exact
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let largest = |t: Tensor| t.abs()?.max_all()?.to_scalar::<f32>();
+        let error = largest((&y - &exact).unwrap()).unwrap();
+        let scale = largest(exact).unwrap();
         assert!(error < 0.02 * scale, "error {error} at scale {scale}");
         // q/k/v-style projections of one input, fused or not, give the same.
         let [a, b] = Linear::forward_many([&linear, &linear], &x).unwrap();
-        let diff = (&a - &y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = largest((&a - &y).unwrap()).unwrap();
         assert!(diff < 1e-5 * scale.max(1.0), "{diff}");
         assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
     }
