@@ -93,10 +93,15 @@ async fn dropping_the_stream_stops_generation_and_frees_the_engine() {
     for _ in 0..3 {
         assert!(matches!(stream.next().await, Some(TokenEvent::Token(_))));
     }
+    // The running sequence holds a cache for its prompt and all 500 tokens it may generate.
+    let held = engine.stats().kv_cache_bytes;
+    let per_position = 2 * 30 * 3 * 64 * 4; // K and V, 30 layers, 3 KV heads of 64, f32
+    assert!(held >= 500 * per_position, "{held} bytes");
     drop(stream);
     let (_, _, summary) = run(&engine, greedy("The capital of France is", 8)).await;
     assert_eq!(summary.finish_reason, FinishReason::Length);
     let stats = engine.stats();
+    assert_eq!(stats.kv_cache_bytes, 0, "every cache is freed");
     // 3 tokens read, at most one more sampled before the drop was seen, then the 8 above.
     assert!(stats.tokens <= 3 + 2 + 8, "{stats:?}");
     assert_eq!(stats.cancelled, 1, "{stats:?}");

@@ -95,3 +95,59 @@ fn scale(inverse: &mut [f32], scaling: &RopeScaling) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::model::Family;
+
+    fn config(scaling: RopeScaling) -> Config {
+        let json = serde_json::json!({
+            "model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 4,
+            "rope_theta": 500000.0,
+        });
+        let mut config = Config::from_hf(&json).unwrap();
+        assert_eq!(config.family, Family::Llama);
+        config.rope_scaling = scaling;
+        config
+    }
+
+    /// llama.cpp's converter stores Llama 3's scaling as one divisor per frequency
+    /// (`rope_freqs.weight`): both forms must rotate alike.
+    #[test]
+    fn gguf_divisors_rotate_as_the_llama3_formula() {
+        let llama3 = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192.0,
+        };
+        let half = 32;
+        let base: Vec<f32> = (0..half)
+            .map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / 64.0))
+            .collect();
+        let mut scaled = base.clone();
+        scale(&mut scaled, &llama3).unwrap();
+        let divisors = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
+        assert!(
+            scaled.iter().zip(&base).any(|(s, b)| s < b),
+            "some frequencies scale"
+        );
+
+        let positions = Tensor::new(&[0u32, 100, 9000, 30000], &Device::Cpu).unwrap();
+        let tables = |scaling| {
+            let rope = Rope::new(&config(scaling), false, &Device::Cpu).unwrap();
+            let (cos, _) = rope.tables(&positions).unwrap();
+            cos.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let (a, b) = (tables(llama3), tables(RopeScaling::Divisors(divisors)));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-3, "{diff}");
+        assert_ne!(a, tables(RopeScaling::None));
+    }
+}

@@ -7,6 +7,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
+use super::attention::DecodeAttention;
 use super::config::{Activation, Config, RopeScaling};
 use super::kv::KvCache;
 use super::linear::Linear;
@@ -318,6 +319,16 @@ impl Transformer {
             let first = window.map_or(0, |w| (start + 1).saturating_sub(w));
             let keys = keys.narrow(1, first, start + len - first)?;
             let values = values.narrow(1, first, start + len - first)?;
+            if len == 1 && self.device.is_cpu() && q.dtype() == DType::F32 {
+                let q = q
+                    .narrow(1, offset, 1)?
+                    .contiguous()?
+                    .reshape((heads, head_dim))?;
+                let y = q.apply_op3_no_bwd(&keys, &values, &DecodeAttention)?;
+                outputs.push(y.reshape((1, heads * head_dim))?);
+                offset += 1;
+                continue;
+            }
             // Queries grouped under the key/value head they share: (kv_heads, groups * len, d).
             let q = q.narrow(1, offset, len)?.contiguous()?.reshape((
                 kv_heads,
