@@ -187,18 +187,19 @@ impl Transformer {
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
         let global = self.rope.tables(&positions)?;
-        let local = self.local_rope.tables(&positions)?;
+        let local = match self.config.sliding_window {
+            Some(_) => Some(self.local_rope.tables(&positions)?),
+            None => None,
+        };
 
         let mut x = self.embed.index_select(&ids, 0)?;
         if let Some(scale) = self.config.embed_scale {
             x = (x * scale)?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let tables = if layer.sliding { &local } else { &global };
-            let rope = if layer.sliding {
-                &self.local_rope
-            } else {
-                &self.rope
+            let (rope, tables) = match (&local, layer.sliding) {
+                (Some(local), true) => (&self.local_rope, local),
+                _ => (&self.rope, &global),
             };
             let h = self.rms_norm(&x, &layer.attn_norm)?;
             let h = self.attention(i, layer, &h, rows, segments, rope, tables)?;
