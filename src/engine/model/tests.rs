@@ -44,6 +44,19 @@ const LAYERS: usize = 2;
 /// candle's model for the same weights: `(tokens, position) -> logits of the last token`.
 type Reference = Box<dyn FnMut(&[u32], usize) -> candle_core::Result<Tensor>>;
 
+fn cosine(a: &Tensor, b: &Tensor) -> f32 {
+    let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
+    let dot = |x: &Tensor, y: &Tensor| {
+        (x * y)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    dot(&a, &b) / (dot(&a, &a).sqrt() * dot(&b, &b).sqrt())
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     let (a, b) = (a.flatten_all().unwrap(), b.flatten_all().unwrap());
     (a - b)
@@ -637,19 +650,24 @@ fn impossible_head_counts_are_errors() {
 
 #[test]
 fn gguf_token_by_token_matches_candle() {
-    for architecture in GGUF_FAMILIES {
-        let bytes = gguf(architecture, GgmlDType::Q8_0);
-        let (model, mut reference) = (ours_gguf(&bytes), candle_gguf(architecture, &bytes));
-        let mut cache = model.new_cache(PROMPT.len()).unwrap();
-        for (pos, &token) in PROMPT.iter().enumerate() {
-            let diff = max_diff(
-                &step(&model, &mut cache, &[token]),
-                &reference(&[token], pos).unwrap(),
-            );
-            assert!(
-                diff < 1e-3,
-                "{architecture}, step {pos}: logits differ by {diff}"
-            );
+    // With f32 weights the arithmetic is continuous: the logits agree to 1e-3. With 8-bit weights
+    // both round each layer's input to 8 bits, so a difference of 1e-7 upstream (wick's attention
+    // sums in another order) now and then moves a value across a rounding step, and the logits
+    // by a few percent of their range: there they must agree in direction.
+    for (dtype, close) in [(GgmlDType::F32, true), (GgmlDType::Q8_0, false)] {
+        for architecture in GGUF_FAMILIES {
+            let bytes = gguf(architecture, dtype);
+            let (model, mut reference) = (ours_gguf(&bytes), candle_gguf(architecture, &bytes));
+            let mut cache = model.new_cache(PROMPT.len()).unwrap();
+            for (pos, &token) in PROMPT.iter().enumerate() {
+                let ours = step(&model, &mut cache, &[token]);
+                let theirs = reference(&[token], pos).unwrap();
+                let (diff, cosine) = (max_diff(&ours, &theirs), cosine(&ours, &theirs));
+                assert!(
+                    if close { diff < 1e-3 } else { cosine > 0.99 },
+                    "{architecture} {dtype:?}, step {pos}: logits differ by {diff}, cosine {cosine}"
+                );
+            }
         }
     }
 }
@@ -684,16 +702,7 @@ fn gemm_prompts_stay_close_to_the_quantized_kernels() {
     for &token in &long {
         stepped = Some(step(&model, &mut cache, &[token]));
     }
-    let stepped = stepped.unwrap();
-    let dot = |a: &Tensor, b: &Tensor| {
-        (a * b)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    let cosine = dot(&gemm, &stepped) / (dot(&gemm, &gemm).sqrt() * dot(&stepped, &stepped).sqrt());
+    let cosine = cosine(&gemm, &stepped.unwrap());
     assert!(cosine > 0.99, "cosine {cosine}");
 }
 
