@@ -120,6 +120,18 @@ fn unpermute(weight: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((rows, cols))?)
 }
 
+/// llama.cpp's `permute` (its converter's layout for llama q/k rows), which
+/// [`unpermute`] undoes: `w.reshape(heads, 2, rows / heads / 2, cols).swapaxes(1, 2)`.
+#[cfg(test)]
+pub(crate) fn permute(weight: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = weight.dims2()?;
+    Ok(weight
+        .reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((rows, cols))?)
+}
+
 fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
         DType::F16 => "float16",
@@ -140,21 +152,13 @@ mod tests {
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {
-        // llama.cpp: w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)
         let (heads, rows, cols) = (2, 8, 3);
         let hf = Tensor::arange(0f32, (rows * cols) as f32, &Device::Cpu)
             .unwrap()
             .reshape((rows, cols))
             .unwrap();
-        let gguf = hf
-            .reshape((heads, 2, rows / heads / 2, cols))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((rows, cols))
-            .unwrap();
+        let gguf = permute(&hf, heads).unwrap();
+        assert_ne!(gguf.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
         let back = unpermute(&gguf, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
     }

@@ -433,18 +433,7 @@ fn gguf_of_hf(config: &serde_json::Value, dir: &Path) -> Vec<u8> {
     let family = Family::from_hf(config["model_type"].as_str().unwrap()).unwrap();
     let arch = family.name();
     let hf = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
-    // llama.cpp: w.reshape(heads, 2, rows / heads / 2, cols).swapaxes(1, 2).reshape(rows, cols)
-    let permute = |w: &Tensor, heads: usize| {
-        let (rows, cols) = w.dims2().unwrap();
-        w.reshape((heads, 2, rows / heads / 2, cols))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .contiguous()
-            .unwrap()
-            .reshape((rows, cols))
-            .unwrap()
-    };
+    let permute = |w: &Tensor, heads| crate::export::permute(w, heads).unwrap();
     let stems = [
         "attn_norm",
         "ffn_norm",
@@ -486,29 +475,46 @@ fn gguf_of_hf(config: &serde_json::Value, dir: &Path) -> Vec<u8> {
         tensors.push((name, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
     }
     let key = |k: &str| format!("{arch}.{k}");
-    let mut metadata = vec![
-        (
-            "general.architecture".to_string(),
-            Value::String(arch.into()),
-        ),
-        (key("attention.head_count"), Value::U32(HEADS as u32)),
-        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
-        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
-        (key("embedding_length"), Value::U32(HIDDEN as u32)),
-        (key("feed_forward_length"), Value::U32(FFN as u32)),
-        (key("block_count"), Value::U32(LAYERS as u32)),
-        (key("context_length"), Value::U32(256)),
-        (key("rope.freq_base"), Value::F32(10_000.0)),
-        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
-    ];
+    let mut extra = Vec::new();
     if family == Family::Gemma3 || family == Family::Phi3 {
         let window = config["sliding_window"].as_u64().unwrap() as u32;
-        metadata.push((key("attention.sliding_window"), Value::U32(window)));
+        extra.push((key("attention.sliding_window"), Value::U32(window)));
     }
     if family == Family::Gemma3 {
         let local = config["rope_local_base_freq"].as_f64().unwrap() as f32;
-        metadata.push((key("rope.freq_base_swa"), Value::F32(local)));
+        extra.push((key("rope.freq_base_swa"), Value::F32(local)));
     }
+    write_gguf(arch, (HIDDEN, HEAD_DIM, FFN), extra, &tensors)
+}
+
+/// A GGUF file of `architecture` with `tensors`: the shape keys of the test models, with
+/// `(hidden, head_dim, ffn)` as given, and `extra` keys.
+fn write_gguf(
+    architecture: &str,
+    (hidden, head_dim, ffn): (usize, usize, usize),
+    extra: Vec<(String, Value)>,
+    tensors: &[(String, QTensor)],
+) -> Vec<u8> {
+    let key = |k: &str| format!("{architecture}.{k}");
+    let mut metadata = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(architecture.into()),
+        ),
+        (key("attention.head_count"), Value::U32(HEADS as u32)),
+        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (key("attention.key_length"), Value::U32(head_dim as u32)),
+        (key("embedding_length"), Value::U32(hidden as u32)),
+        (key("feed_forward_length"), Value::U32(ffn as u32)),
+        (key("block_count"), Value::U32(LAYERS as u32)),
+        (key("context_length"), Value::U32(256)),
+        (key("rope.dimension_count"), Value::U32(head_dim as u32)),
+        (key("rope.freq_base"), Value::F32(10_000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        // candle's qwen3 builds its rotary tables in this dtype; 0 is f32.
+        ("general.dtype".to_string(), Value::U32(0)),
+    ];
+    metadata.extend(extra);
     let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut bytes = Cursor::new(Vec::new());
@@ -574,30 +580,7 @@ fn gguf(architecture: &str, dtype: GgmlDType) -> Vec<u8> {
             add(n("attn_k_norm.weight"), ones(HEAD_DIM), GgmlDType::F32);
         }
     }
-    let key = |k: &str| format!("{architecture}.{k}");
-    let metadata = vec![
-        (
-            "general.architecture".to_string(),
-            Value::String(architecture.into()),
-        ),
-        (key("attention.head_count"), Value::U32(HEADS as u32)),
-        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
-        (key("attention.key_length"), Value::U32(HEAD_DIM as u32)),
-        (key("embedding_length"), Value::U32(HIDDEN as u32)),
-        (key("feed_forward_length"), Value::U32(FFN as u32)),
-        (key("block_count"), Value::U32(LAYERS as u32)),
-        (key("context_length"), Value::U32(256)),
-        (key("rope.dimension_count"), Value::U32(HEAD_DIM as u32)),
-        (key("rope.freq_base"), Value::F32(10_000.0)),
-        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
-        // candle's qwen3 builds its rotary tables in this dtype; 0 is f32.
-        ("general.dtype".to_string(), Value::U32(0)),
-    ];
-    let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut bytes = Cursor::new(Vec::new());
-    gguf_file::write(&mut bytes, &metadata, &tensors).unwrap();
-    bytes.into_inner()
+    write_gguf(architecture, (HIDDEN, HEAD_DIM, FFN), Vec::new(), &tensors)
 }
 
 fn ours_gguf(bytes: &[u8]) -> Transformer {
