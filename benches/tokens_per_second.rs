@@ -6,7 +6,10 @@
 //! - `first_token/<backend>/<N>`: time from request to the first streamed token;
 //! - `decode_at_depth/<backend>/<N>`: 32 tokens generated after a prompt of N tokens (1, 2048),
 //!   in tokens/s: each sequence's KV cache is written in place, so a token deep into a long
-//!   generation costs its attention over the longer past, and no copy of the cache.
+//!   generation costs its attention over the longer past, and no copy of the cache;
+//! - `concurrent/<backend>/<N>`: N generations of 32 tokens at once (1, 8, 16), each after its
+//!   own 8-token prompt, in tokens/s of all of them over the wall time: every step advances
+//!   every sequence in one forward pass (`wick bench --concurrency` has the per-stream latencies).
 //!
 //! `cargo bench --bench tokens_per_second`; `cargo test --benches` runs each once as a check.
 
@@ -30,7 +33,7 @@ fn engines(runtime: &tokio::runtime::Runtime) -> Vec<(&'static str, Arc<Engine>)
         let mut config = ManagerConfig::from_env().expect("registry");
         config.load = LoadOptions {
             device: DeviceChoice::Cpu,
-            max_active: 1,
+            max_active: 16,
             ..LoadOptions::default()
         };
         let manager = ModelManager::new(config);
@@ -185,5 +188,34 @@ fn bench_depth(c: &mut Criterion) {
     depth.finish();
 }
 
-criterion_group!(benches, bench, bench_depth);
+fn bench_concurrent(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engines = engines(&runtime);
+    let mut concurrent = c.benchmark_group("concurrent");
+    concurrent
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    for (backend, engine) in &engines {
+        for streams in [1, 8, 16] {
+            // Distinct prompts: each stream its own slice of the text.
+            let text = prompt(engine, 8 * streams);
+            let prompts: Vec<Vec<u32>> = text.chunks(8).map(<[u32]>::to_vec).collect();
+            concurrent.throughput(Throughput::Elements((streams * DECODE_TOKENS) as u64));
+            concurrent.bench_function(BenchmarkId::new(*backend, streams), |b| {
+                b.to_async(&runtime).iter(|| {
+                    let runs = prompts.iter().map(|tokens| {
+                        let stream = engine
+                            .generate(request(tokens.clone(), DECODE_TOKENS))
+                            .expect("accepted");
+                        stream.collect_text()
+                    });
+                    futures::future::join_all(runs)
+                });
+            });
+        }
+    }
+    concurrent.finish();
+}
+
+criterion_group!(benches, bench, bench_depth, bench_concurrent);
 criterion_main!(benches);

@@ -3,7 +3,8 @@
 # it makes random-weight models in the Hugging Face layout with transformers (SmolLM2-135M-shaped
 # and Qwen2.5-1.5B-shaped, bf16), generates greedily with wick and with PyTorch transformers on
 # the same weights and the same GPU, reports how many of the first 32 tokens agree and the decode
-# tokens/s of both, then runs `wick serve` on the GPU with one streamed `generate` call over
+# tokens/s of both, wick's aggregate tokens/s at 1, 8 and 32 concurrent streams (`wick bench
+# --concurrency`), then runs `wick serve` on the GPU with one streamed `generate` call over
 # loopback. The report goes to stdout and to $OUT/gpu-check.txt when OUT is set.
 #
 # usage: scripts/gpu-check.sh path/to/wick.xz

@@ -118,6 +118,16 @@ def mcp_call(wick, directory):
         server.wait(timeout=60)
 
 
+def wick_concurrency(wick, directory, levels=(1, 8, 32)):
+    """Aggregate decode tokens/s of `levels` concurrent streams (one forward pass per step)."""
+    result = subprocess.run(
+        [wick, "bench", "--model-path", str(directory), "--device", "cuda", "-q",
+         "--concurrency", ",".join(map(str, levels)), "-p", "32", "-n", "128", "-r", "1",
+         "--json"],
+        check=True, capture_output=True, text=True, timeout=600)
+    return {row["concurrency"]: row for row in json.loads(result.stdout)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--wick", required=True)
@@ -135,6 +145,10 @@ def main():
         _, wick_rate = wick_greedy(args.wick, directory, SPEED)
         agree = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), COMPARE))
         print(f"{name:<14} {agree:>9} {wick_rate:>11.1f} {torch_rate:>12.1f}")
+        rows = wick_concurrency(args.wick, directory)
+        print(f"{name:<14} concurrent streams: " + ", ".join(
+            f"{c}: {row['avg_ts']:.0f} tok/s aggregate, {row['per_stream_ts']:.0f} per stream, "
+            f"ITL p50 {row['itl_p50_ms']:.1f} ms" for c, row in rows.items()))
         last = directory
     print("MCP over loopback on the GPU:", mcp_call(args.wick, last))
 

@@ -75,6 +75,20 @@ pub enum Error {
     },
 
     #[error(
+        "the prompt ({prompt_tokens} tokens) and max_tokens ({max_tokens}) need {} MiB of KV \
+         cache, more than the {} MiB this model may use in all (--kv-cache-memory); lower \
+         max_tokens or shorten the prompt",
+        needed_bytes.div_ceil(1 << 20),
+        budget_bytes / (1 << 20)
+    )]
+    KvCacheTooSmall {
+        prompt_tokens: usize,
+        max_tokens: usize,
+        needed_bytes: usize,
+        budget_bytes: usize,
+    },
+
+    #[error(
         "model {model} is busy: {limit} requests are already queued; retry shortly or raise --queue-limit"
     )]
     Busy { model: String, limit: usize },
@@ -120,6 +134,7 @@ impl Error {
                 | Error::NoTierEntry { .. }
                 | Error::InvalidRequest(_)
                 | Error::ContextOverflow { .. }
+                | Error::KvCacheTooSmall { .. }
                 | Error::Template(_)
         )
     }

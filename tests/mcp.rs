@@ -344,15 +344,31 @@ async fn closing_the_stream_stops_generation_stateless() {
     client.cancel().await.unwrap();
 }
 
-async fn concurrent_calls(era: Era) {
+/// Prompts for concurrent calls: different subjects and lengths.
+const PROMPTS: [&str; 16] = [
+    "The capital of France is",
+    "My favourite food is",
+    "Water boils at",
+    "The best way to learn is",
+    "def fibonacci(n):",
+    "The three primary colours are",
+    "Once upon a time, in a small village,",
+    "import numpy as np\n",
+    "The largest planet in the solar system is",
+    "To make a cup of tea, first",
+    "Dear Sir or Madam,",
+    "1, 1, 2, 3, 5, 8,",
+    "The history of the Roman Empire",
+    "The weather today is",
+    "List of fruits: apple, banana,",
+    "A long, long story begins here. Then",
+];
+
+/// `n` calls at once give the texts they give alone, each streamed on its own progress token.
+async fn concurrent_calls(era: Era, n: usize) {
     let server = server().await;
     let (client, recorder) = connect(&server, era).await;
-    let prompts = [
-        "The capital of France is",
-        "My favourite food is",
-        "Water boils at",
-        "The best way to learn is",
-    ];
+    let prompts = &PROMPTS[..n];
     let args = |p: &str| json!({"prompt": p, "max_tokens": 24, "temperature": 0});
     let mut alone = Vec::new();
     for p in prompts {
@@ -361,10 +377,12 @@ async fn concurrent_calls(era: Era) {
         ));
     }
     recorder.progress.lock().unwrap().clear();
-    let calls = prompts.map(|p| client.call_tool(call("generate", args(p))));
+    let calls = prompts
+        .iter()
+        .map(|p| client.call_tool(call("generate", args(p))));
     let results = futures::future::join_all(calls).await;
     let streams = recorder.by_token();
-    assert_eq!(streams.len(), 4, "one progress stream per call");
+    assert_eq!(streams.len(), n, "one progress stream per call");
     for (result, expected) in results.iter().zip(&alone) {
         let result = result.as_ref().unwrap();
         assert_eq!(&text(result), expected, "same text as alone");
@@ -384,12 +402,12 @@ async fn concurrent_calls(era: Era) {
 
 #[tokio::test]
 async fn four_concurrent_streaming_calls_with_sessions() {
-    concurrent_calls(Era::Sessions).await;
+    concurrent_calls(Era::Sessions, 4).await;
 }
 
 #[tokio::test]
-async fn four_concurrent_streaming_calls_stateless() {
-    concurrent_calls(Era::Stateless).await;
+async fn sixteen_concurrent_streaming_calls_stateless() {
+    concurrent_calls(Era::Stateless, 16).await;
 }
 
 #[tokio::test]

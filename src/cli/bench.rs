@@ -6,14 +6,23 @@
 //!
 //! Prompts are pseudo-random token ids (as llama-bench's are); every test runs once to warm up,
 //! then `--repetitions` times; the table shows the mean ± standard deviation of tokens/s.
+//!
+//! `--concurrency 1,8` runs that many generations at once instead (each a `-p`-token prompt,
+//! then `-n` tokens), timed as a client sees them: aggregate tokens/s (every stream's tokens over
+//! the wall time), tokens/s per stream, time to first token and inter-token latency (p50, p95).
+
+use std::time::Instant;
 
 use clap::Args;
+use futures::StreamExt;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use super::ModelArgs;
-use crate::engine::{Engine, GenerateRequest, Input, LoadOptions, SamplingParams, Summary};
+use super::{EngineArgs, ModelArgs};
+use crate::engine::{
+    Engine, GenerateRequest, Input, LoadOptions, SamplingParams, Summary, TokenEvent,
+};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -39,8 +48,14 @@ pub struct BenchArgs {
     /// Print llama-bench-style JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Concurrent generations to test, comma-separated (e.g. 1,2,4,8,16); each level runs
+    /// that many at once with the first `-p` and `-n` values.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 /// One row, with llama-bench's JSON field names.
@@ -63,11 +78,17 @@ pub struct BenchRow {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Every concurrent generation must run at once, not wait for a slot.
+    let most = args.concurrency.iter().copied().max().unwrap_or(1);
     let manager = args.model.manager(LoadOptions {
-        max_active: 1,
-        ..LoadOptions::default()
+        max_active: most.max(1),
+        queue_limit: most.max(args.engine.queue_limit),
+        ..args.engine.load_options()
     })?;
     let engine = manager.get(&args.model.selector()).await?;
+    if !args.concurrency.is_empty() {
+        return concurrency(&engine, &args).await;
+    }
     let tests = args
         .n_prompt
         .iter()
@@ -155,6 +176,154 @@ async fn once(
         Some(error) => anyhow::bail!("generation failed: {error}"),
         None => Ok(done.summary),
     }
+}
+
+/// One concurrency level, with llama-bench's identity fields and the client-side timings.
+#[derive(Debug, Serialize)]
+pub struct ConcurrencyRow {
+    pub model: String,
+    pub model_filename: String,
+    pub backend: String,
+    pub device: String,
+    pub n_threads: usize,
+    pub test: String,
+    pub concurrency: usize,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    /// Every stream's tokens over the wall time of the level, mean and deviation over runs.
+    pub avg_ts: f64,
+    pub stddev_ts: f64,
+    pub samples_ts: Vec<f64>,
+    /// Tokens per second of one stream after its first token, mean over streams and runs.
+    pub per_stream_ts: f64,
+    pub ttft_p50_ms: f64,
+    pub ttft_p95_ms: f64,
+    pub itl_p50_ms: f64,
+    pub itl_p95_ms: f64,
+}
+
+async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
+    let n_prompt = args.n_prompt.first().copied().unwrap_or(0).max(1);
+    let n_gen = args.n_gen.first().copied().unwrap_or(0).max(1);
+    let mut rows = Vec::new();
+    for &streams in args.concurrency.iter().filter(|&&c| c > 0) {
+        let (mut samples_ts, mut per_stream) = (Vec::new(), Vec::new());
+        let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+        for run in 0..=args.repetitions.max(1) {
+            let started = Instant::now();
+            let timings = futures::future::try_join_all((0..streams).map(|i| {
+                let seed = (run * 1000 + i) as u64;
+                timed(engine, n_prompt, n_gen, seed, started)
+            }))
+            .await?;
+            let wall = started.elapsed().as_secs_f64();
+            if run == 0 {
+                continue; // warm-up
+            }
+            samples_ts.push((streams * n_gen) as f64 / wall);
+            for arrivals in timings {
+                ttft.push(arrivals[0] * 1e3);
+                itl.extend(arrivals.windows(2).map(|w| (w[1] - w[0]) * 1e3));
+                if let [first, .., last] = arrivals[..] {
+                    per_stream.push((arrivals.len() - 1) as f64 / (last - first));
+                }
+            }
+        }
+        let info = engine.info();
+        let row = ConcurrencyRow {
+            model: info.name.clone(),
+            model_filename: info.source.clone(),
+            backend: info.backend.to_string(),
+            device: info.device.clone(),
+            n_threads: candle_core::utils::get_num_threads(),
+            test: format!("pp{n_prompt}+tg{n_gen}"),
+            concurrency: streams,
+            n_prompt,
+            n_gen,
+            avg_ts: mean(&samples_ts),
+            stddev_ts: stddev(&samples_ts),
+            samples_ts,
+            per_stream_ts: mean(&per_stream),
+            ttft_p50_ms: percentile(&mut ttft, 50.0),
+            ttft_p95_ms: percentile(&mut ttft, 95.0),
+            itl_p50_ms: percentile(&mut itl, 50.0),
+            itl_p95_ms: percentile(&mut itl, 95.0),
+        };
+        if !args.json {
+            if rows.is_empty() {
+                print_concurrency_header();
+            }
+            print_concurrency_row(&row);
+        }
+        rows.push(row);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
+
+/// One generation of exactly `n_gen` tokens: the seconds from `started` at which each arrived.
+async fn timed(
+    engine: &Engine,
+    n_prompt: usize,
+    n_gen: usize,
+    seed: u64,
+    started: Instant,
+) -> anyhow::Result<Vec<f64>> {
+    let params = SamplingParams {
+        max_tokens: n_gen,
+        ignore_eos: true,
+        ..SamplingParams::greedy(1)
+    };
+    let prompt = random_tokens(n_prompt, engine.vocab_size(), seed);
+    let request = GenerateRequest::new(Input::Tokens(prompt)).with_params(params);
+    let mut stream = engine.generate(request)?;
+    let mut arrivals = Vec::with_capacity(n_gen);
+    while let Some(event) = stream.next().await {
+        match event {
+            TokenEvent::Token(_) => arrivals.push(started.elapsed().as_secs_f64()),
+            TokenEvent::Done(summary) => match summary.error {
+                Some(error) => anyhow::bail!("generation failed: {error}"),
+                None => break,
+            },
+        }
+    }
+    anyhow::ensure!(!arrivals.is_empty(), "a generation produced no token");
+    Ok(arrivals)
+}
+
+/// The `p`th percentile (nearest rank) of `values`; 0 when there are none.
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+fn print_concurrency_header() {
+    println!(
+        "| {:<14} | {:>3} | {:>18} | {:>10} | {:>15} | {:>15} |",
+        "test", "c", "aggregate t/s", "stream t/s", "TTFT p50/p95 ms", "ITL p50/p95 ms"
+    );
+    println!(
+        "| {:-<14} | {:->2}: | {:->17}: | {:->9}: | {:->14}: | {:->14}: |",
+        "", "", "", "", "", ""
+    );
+}
+
+fn print_concurrency_row(row: &ConcurrencyRow) {
+    println!(
+        "| {:<14} | {:>3} | {:>18} | {:>10.2} | {:>15} | {:>15} |",
+        row.test,
+        row.concurrency,
+        format!("{:.2} ± {:.2}", row.avg_ts, row.stddev_ts),
+        row.per_stream_ts,
+        format!("{:.0} / {:.0}", row.ttft_p50_ms, row.ttft_p95_ms),
+        format!("{:.1} / {:.1}", row.itl_p50_ms, row.itl_p95_ms),
+    );
 }
 
 /// Reproducible pseudo-random token ids, like llama-bench's random prompts.

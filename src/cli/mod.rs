@@ -75,6 +75,44 @@ pub struct ModelArgs {
     pub dtype: DTypeChoice,
 }
 
+/// How much work each model's engine takes on at once.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Sequences generated at once per model; every step advances all of them together.
+    #[arg(long, default_value_t = LoadOptions::default().max_active)]
+    pub max_active: usize,
+    /// Requests that may wait per model before new ones are refused as busy.
+    #[arg(long, default_value_t = LoadOptions::default().queue_limit)]
+    pub queue_limit: usize,
+    /// Prompt tokens one step takes besides the decode rows; longer prompts are prefilled in
+    /// chunks of this size, between other sequences' tokens [default: 512 on the CPU, 2048 on
+    /// a GPU].
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// Memory the KV caches of a model's running sequences may hold together, e.g. 2GiB or
+    /// 512MB; a request waits until its cache fits [default: half the available RAM on the
+    /// CPU, 80% of the GPU's free memory, once the weights are loaded].
+    #[arg(long, value_parser = parse_bytes)]
+    pub kv_cache_memory: Option<usize>,
+}
+
+impl EngineArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            max_active: self.max_active,
+            queue_limit: self.queue_limit,
+            max_batch_tokens: self.max_batch_tokens,
+            kv_cache_memory: self.kv_cache_memory,
+            ..LoadOptions::default()
+        }
+    }
+}
+
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.parse()?;
+    usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}
+
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse().map_err(|e: crate::Error| e.to_string())
 }

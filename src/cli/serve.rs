@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::ModelArgs;
-use crate::engine::LoadOptions;
+use super::{EngineArgs, ModelArgs};
 use crate::server::{self, ServerOptions};
 
 #[derive(Debug, Args)]
@@ -32,12 +31,8 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = ServerOptions::default().max_body_bytes)]
     pub max_body_bytes: usize,
-    /// Sequences generated at once per model.
-    #[arg(long, default_value_t = LoadOptions::default().max_active)]
-    pub max_active: usize,
-    /// Requests that may wait per model before new ones are refused as busy.
-    #[arg(long, default_value_t = LoadOptions::default().queue_limit)]
-    pub queue_limit: usize,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Seconds of inactivity after which a session (2025-11-25 clients) is closed.
     #[arg(long, default_value_t = 1800)]
     pub session_idle_timeout: u64,
@@ -47,11 +42,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let manager = Arc::new(args.model.manager(LoadOptions {
-        max_active: args.max_active,
-        queue_limit: args.queue_limit,
-        ..LoadOptions::default()
-    })?);
+    let manager = Arc::new(args.model.manager(args.engine.load_options())?);
     let options = ServerOptions {
         host: args.host,
         port: args.port,

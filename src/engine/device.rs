@@ -86,6 +86,32 @@ impl DeviceChoice {
     }
 }
 
+/// What the KV caches may hold when `--kv-cache-memory` is not given, measured once the weights
+/// are loaded: half the memory the system reports available on the CPU (the rest stays for the
+/// OS, other processes and activations), 80% of a GPU's free memory.
+pub(crate) fn default_kv_cache_budget(device: &Device) -> usize {
+    const FALLBACK: usize = 4 << 30;
+    match device {
+        Device::Cpu => {
+            let mut system = sysinfo::System::new();
+            system.refresh_memory();
+            match usize::try_from(system.available_memory()) {
+                Ok(0) | Err(_) => FALLBACK,
+                Ok(available) => available / 2,
+            }
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => match cuda.cuda_stream().context().mem_get_info() {
+            Ok((free, _total)) => free / 5 * 4,
+            Err(e) => {
+                tracing::warn!("cannot read the GPU's free memory ({e}); assuming 4 GiB");
+                FALLBACK
+            }
+        },
+        _ => FALLBACK,
+    }
+}
+
 /// How a device is shown to users.
 pub(crate) fn describe(device: &Device) -> String {
     match device.location() {

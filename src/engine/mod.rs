@@ -8,6 +8,8 @@ mod manager;
 pub(crate) mod model;
 mod resolve;
 pub(crate) mod sampling;
+mod scheduler;
+mod sequence;
 mod start;
 pub(crate) mod stream;
 pub(crate) mod tokenizer;
@@ -34,7 +36,8 @@ pub use stream::{Completion, FinishReason, Summary, Token, TokenEvent, TokenStre
 use crate::error::{Error, Result};
 use crate::registry::Backend;
 use chat::ChatTemplate;
-use worker::Job;
+use sequence::Job;
+use worker::FaultInjection;
 
 /// What to generate from.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,12 +110,13 @@ pub(crate) struct Counters {
     tokens: AtomicU64,
     cancelled: AtomicU64,
     kv_bytes: AtomicUsize,
+    steps: AtomicU64,
 }
 
 /// A snapshot of an engine's load and work so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct EngineStats {
-    /// Requests waiting for a free slot.
+    /// Requests waiting for a free slot or for room in the KV-cache budget.
     pub queued: usize,
     /// Requests being generated.
     pub active: usize,
@@ -124,6 +128,10 @@ pub struct EngineStats {
     pub cancelled: u64,
     /// Bytes the running sequences' KV caches hold.
     pub kv_cache_bytes: usize,
+    /// Bytes they may hold together (`--kv-cache-memory`); a request waits until its cache fits.
+    pub kv_cache_budget: usize,
+    /// Forward passes run; each advances every running sequence.
+    pub steps: u64,
 }
 
 /// A loaded model, ready to generate. Cheap to share: clone the `Arc` the manager hands out.
@@ -134,6 +142,10 @@ pub struct Engine {
     jobs: mpsc::Sender<Job>,
     queue_limit: usize,
     counters: Arc<Counters>,
+    /// KV-cache bytes per position, and what all caches may hold together.
+    kv_bytes_per_position: usize,
+    kv_cache_budget: usize,
+    faults: Arc<FaultInjection>,
 }
 
 impl Engine {
@@ -150,7 +162,16 @@ impl Engine {
             tokens: c.tokens.load(Relaxed),
             cancelled: c.cancelled.load(Relaxed),
             kv_cache_bytes: c.kv_bytes.load(Relaxed),
+            kv_cache_budget: self.kv_cache_budget,
+            steps: c.steps.load(Relaxed),
         }
+    }
+
+    /// A test hook: from now on, every forward pass that feeds `token` fails as a panicking
+    /// kernel would, so tests can check that a failure ends only the sequences it hits.
+    #[doc(hidden)]
+    pub fn inject_fault_on_token(&self, token: u32) {
+        self.faults.arm(token);
     }
 
     /// Number of token ids the tokenizer knows, special tokens included.
@@ -181,6 +202,15 @@ impl Engine {
                 context_length: self.info.context_length,
             });
         }
+        let needed_bytes = (prompt.len() + params.max_tokens) * self.kv_bytes_per_position;
+        if needed_bytes > self.kv_cache_budget {
+            return Err(Error::KvCacheTooSmall {
+                prompt_tokens: prompt.len(),
+                max_tokens: params.max_tokens,
+                needed_bytes,
+                budget_bytes: self.kv_cache_budget,
+            });
+        }
         // Room for every event of this request, so the engine never waits on a slow reader.
         let (events, receiver) = mpsc::channel(params.max_tokens + 2);
         let job = Job {
@@ -193,15 +223,21 @@ impl Engine {
             cancel: request.cancel,
             enqueued: Instant::now(),
         };
-        // Counted before sending, so the decode loop never sees the count go below zero.
-        self.counters.queued.fetch_add(1, Relaxed);
+        // Counted before sending, so the engine thread never sees the count go below zero.
+        // The count, not the channel, bounds the queue: the engine holds the oldest waiting
+        // request outside the channel while it waits for memory.
+        let busy = || Error::Busy {
+            model: self.info.name.clone(),
+            limit: self.queue_limit,
+        };
+        if self.counters.queued.fetch_add(1, Relaxed) >= self.queue_limit {
+            self.counters.queued.fetch_sub(1, Relaxed);
+            return Err(busy());
+        }
         self.jobs.try_send(job).map_err(|e| {
             self.counters.queued.fetch_sub(1, Relaxed);
             match e {
-                mpsc::error::TrySendError::Full(_) => Error::Busy {
-                    model: self.info.name.clone(),
-                    limit: self.queue_limit,
-                },
+                mpsc::error::TrySendError::Full(_) => busy(),
                 mpsc::error::TrySendError::Closed(_) => Error::Unloaded(self.info.name.clone()),
             }
         })?;

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::chat::ChatTemplate;
-use super::device::{DTypeChoice, DeviceChoice, describe};
+use super::device::{DTypeChoice, DeviceChoice, default_kv_cache_budget, describe};
 use super::load::{gguf, safetensors};
 use super::resolve::{ModelFiles, ResolvedModel};
-use super::worker::{self, WorkerSetup};
+use super::scheduler::Limits;
+use super::worker::{self, FaultInjection, WorkerSetup};
 use super::{Engine, ModelInfo};
 use crate::error::Result;
 
@@ -21,6 +22,12 @@ pub struct LoadOptions {
     pub max_active: usize,
     /// Requests that may wait for a free slot before new ones are turned away as busy.
     pub queue_limit: usize,
+    /// Prompt tokens one step takes besides its decode rows (and the prompt chunk size);
+    /// `None`: 512 on the CPU, 2048 on a GPU.
+    pub max_batch_tokens: Option<usize>,
+    /// Bytes all running sequences' KV caches may hold; `None`: a share of the device's free
+    /// memory once the weights are loaded.
+    pub kv_cache_memory: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -28,8 +35,10 @@ impl Default for LoadOptions {
         Self {
             device: DeviceChoice::Auto,
             dtype: DTypeChoice::Auto,
-            max_active: 4,
+            max_active: 16,
             queue_limit: 32,
+            max_batch_tokens: None,
+            kv_cache_memory: None,
         }
     }
 }
@@ -82,17 +91,31 @@ pub(crate) fn start_engine(
         context_length: loaded.model.config().context_length,
         has_chat_template: chat.is_ok(),
     };
+    let limits = Limits {
+        max_active: options.max_active.max(1),
+        max_batch_tokens: options
+            .max_batch_tokens
+            .unwrap_or(if device.is_cpu() { 512 } else { 2048 })
+            .max(1),
+        kv_cache_bytes: options
+            .kv_cache_memory
+            .unwrap_or_else(|| default_kv_cache_budget(&device)),
+    };
+    let kv_bytes_per_position = loaded.model.cache_bytes(1);
     let tokenizer = Arc::new(loaded.tokenizer);
-    let (jobs, queue) = mpsc::channel(options.queue_limit.max(1));
+    // One more than the queue limit: the engine may hold the oldest request outside it.
+    let (jobs, queue) = mpsc::channel(options.queue_limit.max(1) + 1);
     let counters = Arc::new(super::Counters::default());
+    let faults = Arc::new(FaultInjection::default());
     worker::spawn(
         WorkerSetup {
             name: model.name.clone(),
             model: loaded.model,
             tokenizer: tokenizer.clone(),
             stop_ids,
-            max_active: options.max_active,
+            limits,
             counters: counters.clone(),
+            faults: faults.clone(),
         },
         queue,
     )?;
@@ -102,6 +125,9 @@ pub(crate) fn start_engine(
         device = %info.device,
         dtype = %info.dtype,
         context = info.context_length,
+        max_active = limits.max_active,
+        max_batch_tokens = limits.max_batch_tokens,
+        kv_cache_mib = limits.kv_cache_bytes >> 20,
         seconds = started.elapsed().as_secs_f32(),
         "model loaded"
     );
@@ -112,5 +138,8 @@ pub(crate) fn start_engine(
         jobs,
         queue_limit: options.queue_limit.max(1),
         counters,
+        kv_bytes_per_position,
+        kv_cache_budget: limits.kv_cache_bytes,
+        faults,
     })
 }

@@ -11,17 +11,35 @@
 //! Zero-padding other Q8_0 matrices to a multiple of 256 would make them 2.7–4.6 times faster, but
 //! those kernels round the activations in blocks of 256 rather than 32: SmolLM2's greedy text then
 //! parted from the same weights in f32 within eight tokens, so wick keeps the finer kernel.
+//!
+//! # Batch invariance
+//! A forward pass carries the rows of many sequences, and a sequence's tokens must not depend on
+//! its neighbours. candle's kernels give a row the same bits whatever other rows share the call,
+//! except where the kernel itself changes with the number of rows: the GEMM above (and candle's
+//! AMX tiles for Q4_K) from 32 rows, Q6_K's one-row kernel, and the dense GEMM, whose blocking
+//! follows the row count. So on the CPU a segment of [`GEMM_ROWS`] or more rows (a prompt chunk)
+//! is multiplied alone; shorter segments (decode rows) share calls of fewer than [`GEMM_ROWS`]
+//! rows; a lone row on a Q6_K fast matrix is padded to two; dense weights go one segment at a
+//! time. On a GPU every row shares one call: cuBLAS picks its algorithm by shape, so there a
+//! near-tie may break differently in a different batch.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, Device, Module, Tensor};
 
+use super::q8_0;
 use crate::error::Result;
 
 /// From this many rows on, a CPU matmul without a fast kernel dequantizes and runs a GEMM:
 /// dequantizing costs about what 18 rows through the slow kernel save (SmolLM2, 2 cores).
-const GEMM_ROWS: usize = 32;
+/// Calls shorter than this keep the same kernel whatever their length.
+pub(crate) const GEMM_ROWS: usize = 32;
+
+/// Below this many rows, Q8_0 matrices without a fast candle kernel use wick's own (faster than
+/// dequantizing for a GEMM up to about 256 rows: `cargo bench --bench kernels`).
+const Q8_0_GEMM_ROWS: usize = 256;
 
 /// The inner-dimension multiple candle's fast x86 kernels need.
 const FAST_K: usize = 256;
@@ -32,54 +50,158 @@ pub(crate) struct Linear {
     /// kernel is used at every length (or the weights are dense).
     gemm: Option<Arc<QTensor>>,
     bias: Option<Tensor>,
+    /// Rows are grouped into calls by segment (see the module docs); false on a GPU.
+    per_segment: bool,
+    /// A Q6_K matrix with a fast kernel: one row alone would take another kernel than two.
+    pad_single: bool,
+    /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's own (see `q8_0.rs`).
+    q8_0: Option<Arc<QTensor>>,
 }
 
 impl Linear {
     pub fn quantized(weight: QTensor, bias: Option<Tensor>, device: &Device) -> Result<Self> {
         let fast = device.is_cpu() && fast_kernels() && has_fast_kernel(&weight);
+        let pad_single = fast && weight.dtype() == GgmlDType::Q6K;
         let weight = Arc::new(weight);
         let matmul = QMatMul::from_arc(weight.clone())?;
-        let gemm =
-            (device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_))).then_some(weight);
-        Ok(Self { matmul, gemm, bias })
+        let slow = device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_));
+        let q8_0 = (slow && q8_0::available() && q8_0::applies(&weight)).then(|| weight.clone());
+        Ok(Self {
+            matmul,
+            gemm: slow.then_some(weight),
+            bias,
+            per_segment: device.is_cpu(),
+            pad_single,
+            q8_0,
+        })
     }
 
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
+            per_segment: weight.device().is_cpu(),
             matmul: QMatMul::Tensor(weight),
             gemm: None,
             bias,
+            pad_single: false,
+            q8_0: None,
         }
     }
 
-    /// `x` is `(rows, in)`; the result `(rows, out)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let rows = x.elem_count() / x.dim(D::Minus1)?;
-        let y = match &self.gemm {
-            Some(weight) if rows >= GEMM_ROWS => {
-                let w = weight.dequantize(x.device())?;
-                x.matmul(&w.t()?)?
-            }
-            _ => self.matmul.forward(x)?,
-        };
-        self.add_bias(y)
+    /// `x` is `(rows, in)`, the rows of segments of `lens` rows each; the result `(rows, out)`.
+    pub fn forward(&self, x: &Tensor, lens: &[usize]) -> Result<Tensor> {
+        let [y] = Self::forward_many([self], x, lens)?;
+        Ok(y)
     }
 
     /// Several projections of the same input (q/k/v, gate/up). Where candle's fast x86 kernels
     /// take them all, one fused call quantizes the input once and runs one parallel region,
     /// which is most of a small model's decode step; otherwise one call each.
-    pub fn forward_many<const N: usize>(linears: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-        let fused = match Self::fused(&linears, x)? {
-            Some(outputs) => outputs,
-            None => linears
-                .iter()
-                .map(|l| l.forward(x))
-                .collect::<Result<_>>()?,
-        };
-        fused.try_into().map_err(|outputs: Vec<Tensor>| {
+    pub fn forward_many<const N: usize>(
+        linears: [&Linear; N],
+        x: &Tensor,
+        lens: &[usize],
+    ) -> Result<[Tensor; N]> {
+        let mut parts: [Vec<Tensor>; N] = std::array::from_fn(|_| Vec::new());
+        // Dequantized weights, made at most once per pass for the GEMM path.
+        let mut dense: [Option<Tensor>; N] = std::array::from_fn(|_| None);
+        let calls = linears[0].calls(lens);
+        for range in &calls {
+            let x = match calls.len() {
+                1 => x.clone(),
+                _ => x.narrow(0, range.start, range.len())?,
+            };
+            let pad = range.len() == 1 && linears.iter().any(|l| l.pad_single);
+            let input = match pad {
+                true => Tensor::cat(&[&x, &x.zeros_like()?], 0)?,
+                false => x,
+            };
+            let fused = match N {
+                1 => None,
+                _ => Self::fused(&linears, &input)?,
+            };
+            let outputs = match fused {
+                Some(outputs) => outputs,
+                None => linears
+                    .iter()
+                    .zip(dense.iter_mut())
+                    .map(|(l, dense)| l.call(&input, dense))
+                    .collect::<Result<_>>()?,
+            };
+            for (part, y) in parts.iter_mut().zip(outputs) {
+                part.push(if pad { y.narrow(0, 0, 1)? } else { y });
+            }
+        }
+        let outputs = parts
+            .into_iter()
+            .map(|mut part| match part.len() {
+                1 => Ok(part.remove(0)),
+                _ => Ok(Tensor::cat(&part, 0)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        outputs.try_into().map_err(|outputs: Vec<Tensor>| {
             candle_core::Error::Msg(format!("{N} projections gave {} outputs", outputs.len()))
                 .into()
         })
+    }
+
+    /// The row ranges that go through one kernel call each (see the module docs).
+    fn calls(&self, lens: &[usize]) -> Vec<Range<usize>> {
+        let total: usize = lens.iter().sum();
+        if !self.per_segment || lens.len() <= 1 {
+            return std::iter::once(0..total).collect();
+        }
+        let dense = matches!(self.matmul, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
+        let mut calls: Vec<Range<usize>> = Vec::new();
+        let mut shared: Option<Range<usize>> = None;
+        let mut start = 0;
+        for &len in lens {
+            let range = start..start + len;
+            start += len;
+            if dense || len >= GEMM_ROWS {
+                calls.extend(shared.take());
+                calls.push(range);
+                continue;
+            }
+            match &mut shared {
+                Some(run) if run.len() + len < GEMM_ROWS => run.end = range.end,
+                _ => {
+                    calls.extend(shared.take());
+                    shared = Some(range);
+                }
+            }
+        }
+        calls.extend(shared);
+        calls
+    }
+
+    /// One kernel call over `x`, `(rows, in)`; `dense` keeps the dequantized weights of the
+    /// GEMM path for the pass's next call.
+    fn call(&self, x: &Tensor, dense: &mut Option<Tensor>) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        let gemm_rows = match self.q8_0 {
+            Some(_) => Q8_0_GEMM_ROWS,
+            None => GEMM_ROWS,
+        };
+        let y = match (&self.gemm, &self.q8_0) {
+            (Some(weight), _) if rows >= gemm_rows => {
+                let w = match dense {
+                    Some(w) => w,
+                    None => dense.insert(weight.dequantize(x.device())?),
+                };
+                x.matmul(&w.t()?)?
+            }
+            // One row: candle's kernel, faster alone and bit for bit the same as wick's.
+            (_, Some(weight)) if rows > 1 => {
+                let y = q8_0::matmul(weight, &x.flatten_all()?.to_vec1::<f32>()?, rows)?;
+                let mut shape = x.dims().to_vec();
+                if let Some(last) = shape.last_mut() {
+                    *last = weight.shape().dims2()?.0;
+                }
+                Tensor::from_vec(y, shape, x.device())?
+            }
+            _ => self.matmul.forward(x)?,
+        };
+        self.add_bias(y)
     }
 
     fn fused(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
@@ -156,7 +278,7 @@ mod tests {
                 .matmul(&q.dequantize(&device).unwrap().t().unwrap())
                 .unwrap();
             let linear = Linear::quantized(q, None, &device).unwrap();
-            let y = linear.forward(&x).unwrap();
+            let y = linear.forward(&x, &[3]).unwrap();
             assert_eq!(y.dims(), &[3, n]);
             // The kernels round the activations to 8 bits: close to the f32 product.
             let error = largest((&y - &exact).unwrap()).unwrap();
@@ -165,7 +287,7 @@ mod tests {
                 error < 0.02 * scale,
                 "{dtype:?}: error {error} at scale {scale}"
             );
-            let [a, b] = Linear::forward_many([&linear, &linear], &x).unwrap();
+            let [a, b] = Linear::forward_many([&linear, &linear], &x, &[3]).unwrap();
             let diff = largest((&a - &y).unwrap()).unwrap();
             assert!(
                 diff <= 1e-5 * scale,
@@ -176,6 +298,51 @@ mod tests {
                 b.to_vec2::<f32>().unwrap(),
                 "{dtype:?}"
             );
+        }
+    }
+
+    /// A segment's rows come out bit for bit the same whatever segments share the pass: alone,
+    /// beside many decode rows, beside a prompt chunk long enough to take the GEMM path.
+    #[test]
+    fn a_segment_gets_the_same_bits_in_any_batch() {
+        let device = Device::Cpu;
+        let cases: Vec<(usize, usize, Option<GgmlDType>)> = vec![
+            (64, 512, Some(GgmlDType::Q8_0)),
+            (64, 512, Some(GgmlDType::Q4K)),
+            (64, 512, Some(GgmlDType::Q6K)),
+            (64, 576, Some(GgmlDType::Q8_0)),
+            (64, 576, Some(GgmlDType::Q4_0)),
+            (96, 576, None),
+        ];
+        // (segment lengths, the segment to compare): decode rows, short and long chunks.
+        let batches: [&[usize]; 5] = [&[1; 40], &[1, 1, 40], &[40, 1, 1], &[3, 1, 1, 5], &[1, 33]];
+        for (n, k, dtype) in cases {
+            let w = Tensor::randn(0f32, 0.02, (n, k), &device).unwrap();
+            let linear = match dtype {
+                Some(dtype) => {
+                    Linear::quantized(QTensor::quantize(&w, dtype).unwrap(), None, &device).unwrap()
+                }
+                None => Linear::dense(w, None),
+            };
+            let x = Tensor::randn(0f32, 1.0, (80, k), &device).unwrap();
+            for lens in batches {
+                let total: usize = lens.iter().sum();
+                let batched = linear
+                    .forward(&x.narrow(0, 0, total).unwrap(), lens)
+                    .unwrap();
+                let mut start = 0;
+                for &len in lens {
+                    let rows = x.narrow(0, start, len).unwrap();
+                    let alone = linear.forward(&rows, &[len]).unwrap();
+                    let together = batched.narrow(0, start, len).unwrap();
+                    assert_eq!(
+                        alone.to_vec2::<f32>().unwrap(),
+                        together.to_vec2::<f32>().unwrap(),
+                        "{dtype:?} {n}x{k}: segment of {len} at row {start} in {lens:?}"
+                    );
+                    start += len;
+                }
+            }
         }
     }
 }

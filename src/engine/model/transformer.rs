@@ -154,6 +154,14 @@ impl Transformer {
         &self.config
     }
 
+    /// The bytes of a cache with room for `positions`.
+    pub fn cache_bytes(&self, positions: usize) -> usize {
+        positions
+            * self
+                .config
+                .kv_bytes_per_position(self.dtype.size_in_bytes())
+    }
+
     /// An empty cache with room for `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         KvCache::new(&self.config, capacity, self.dtype, &self.device)
@@ -183,7 +191,7 @@ impl Transformer {
                 logit_rows.push(ids.len() as u32 - 1);
             }
         }
-        let rows = ids.len();
+        let lens: Vec<usize> = segments.iter().map(|s| s.tokens.len()).collect();
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
         let global = self.rope.tables(&positions)?;
@@ -202,13 +210,13 @@ impl Transformer {
                 _ => (&self.rope, &global),
             };
             let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let h = self.attention(i, layer, &h, rows, segments, rope, tables)?;
+            let h = self.attention(i, layer, &h, &lens, segments, rope, tables)?;
             let h = match &layer.post_attn_norm {
                 Some(norm) => self.rms_norm(&h, norm)?,
                 None => h,
             };
             x = (x + h)?;
-            let h = self.mlp(layer, &self.rms_norm(&x, &layer.ffn_norm)?)?;
+            let h = self.mlp(layer, &self.rms_norm(&x, &layer.ffn_norm)?, &lens)?;
             let h = match &layer.post_ffn_norm {
                 Some(norm) => self.rms_norm(&h, norm)?,
                 None => h,
@@ -221,9 +229,11 @@ impl Transformer {
         if logit_rows.is_empty() {
             return Ok(Tensor::zeros((0, 0), DType::F32, &self.device)?);
         }
-        let rows = Tensor::new(logit_rows.as_slice(), &self.device)?;
-        let last = self.rms_norm(&x.index_select(&rows, 0)?, &self.norm)?;
-        Ok(self.output.forward(&last)?.to_dtype(DType::F32)?)
+        let last = Tensor::new(logit_rows.as_slice(), &self.device)?;
+        let last = self.rms_norm(&x.index_select(&last, 0)?, &self.norm)?;
+        // Each logit row is a segment of its own.
+        let lens = vec![1; logit_rows.len()];
+        Ok(self.output.forward(&last, &lens)?.to_dtype(DType::F32)?)
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -234,14 +244,14 @@ impl Transformer {
         )?)
     }
 
-    fn mlp(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, layer: &Layer, x: &Tensor, lens: &[usize]) -> Result<Tensor> {
         let (gate, up) = match &layer.gate_up {
             GateUp::Separate { gate, up } => {
-                let [gate, up] = Linear::forward_many([gate, up], x)?;
+                let [gate, up] = Linear::forward_many([gate, up], x, lens)?;
                 (gate, up)
             }
             GateUp::Fused(gate_up) => {
-                let both = gate_up.forward(x)?;
+                let both = gate_up.forward(x, lens)?;
                 let half = both.dim(D::Minus1)? / 2;
                 (
                     both.narrow(D::Minus1, 0, half)?,
@@ -253,7 +263,7 @@ impl Transformer {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        layer.down.forward(&(gate * up)?)
+        layer.down.forward(&(gate * up)?, lens)
     }
 
     /// Self-attention of layer `index` over `x`, `(rows, hidden)`: the rows of all segments.
@@ -263,7 +273,7 @@ impl Transformer {
         index: usize,
         layer: &Layer,
         x: &Tensor,
-        rows: usize,
+        lens: &[usize],
         segments: &mut [Segment<'_>],
         rope: &Rope,
         (cos, sin): &(Tensor, Tensor),
@@ -274,13 +284,14 @@ impl Transformer {
             head_dim,
             ..
         } = self.config;
+        let rows: usize = lens.iter().sum();
         let (q, k, v) = match &layer.qkv {
             Qkv::Separate { q, k, v } => {
-                let [q, k, v] = Linear::forward_many([q, k, v], x)?;
+                let [q, k, v] = Linear::forward_many([q, k, v], x, lens)?;
                 (q, k, v)
             }
             Qkv::Fused(qkv) => {
-                let all = qkv.forward(x)?;
+                let all = qkv.forward(x, lens)?;
                 let (nq, nk) = (heads * head_dim, kv_heads * head_dim);
                 (
                     all.narrow(1, 0, nq)?,
@@ -358,7 +369,7 @@ impl Transformer {
             1 => outputs.remove(0),
             _ => Tensor::cat(&outputs, 0)?,
         };
-        layer.o.forward(&y)
+        layer.o.forward(&y, lens)
     }
 }
 
