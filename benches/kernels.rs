@@ -1,7 +1,8 @@
 //! The CPU matmul kernels wick chooses between for a projection over quantized weights, on the
 //! shapes of the models it benchmarks — candle's quantized kernel on the weights as stored, the
 //! same with the inner dimension zero-padded to a multiple of 256 (where candle's fast x86
-//! kernels apply), and dequantize + f32 GEMM:
+//! kernels apply), wick's own Q8_0 kernel for several rows (AVX-512 VNNI, where candle's fast
+//! kernels do not apply), and dequantize + f32 GEMM:
 //!
 //! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second.
 //!
@@ -35,7 +36,7 @@ fn bench(c: &mut Criterion) {
             let q_wide = QTensor::quantize(&wide, dtype).expect("quantize");
             let plain = QMatMul::from_qtensor(q).expect("qmatmul");
             let wide_matmul = QMatMul::from_qtensor(q_wide).expect("qmatmul");
-            for rows in [1, 32, 512] {
+            for rows in [1, 8, 32, 128, 512] {
                 let x = Tensor::randn(0f32, 1.0, (rows, inner), &device).expect("input");
                 let name = format!("{dtype:?}/{out}x{inner}/{rows}");
                 group.throughput(Throughput::Elements(rows as u64));
@@ -48,6 +49,15 @@ fn bench(c: &mut Criterion) {
                             let x = x.pad_with_zeros(D::Minus1, 0, padded - inner)?;
                             wide_matmul.forward(&x)
                         })
+                    });
+                }
+                let values: Vec<f32> = x.flatten_all().expect("x").to_vec1().expect("x");
+                if let QMatMul::QTensor(q) = &plain
+                    && padded != inner
+                    && let Some(Ok(_)) = wick::engine::q8_0_rows_kernel(q, &values, rows)
+                {
+                    group.bench_function(BenchmarkId::new(&name, "wick_q8_0"), |b| {
+                        b.iter(|| wick::engine::q8_0_rows_kernel(q, &values, rows))
                     });
                 }
                 if let QMatMul::QTensor(q) = &plain {

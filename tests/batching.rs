@@ -14,28 +14,12 @@ use wick::{
     TokenStream,
 };
 
-/// Sixteen prompts of different lengths, a few long enough to be multiplied apart from the rest.
+/// Sixteen prompts, the last three long enough to be multiplied apart from the rest.
 fn prompts() -> Vec<String> {
-    let mut prompts: Vec<String> = [
-        "The capital of France is",
-        "My favourite food is",
-        "def fibonacci(n):",
-        "The three primary colours are",
-        "Water boils at",
-        "The best way to learn is",
-        "Once upon a time, in a small village,",
-        "import numpy as np\n",
-        "The largest planet in the solar system is",
-        "To make a cup of tea, first",
-        "Dear Sir or Madam,",
-        "1, 1, 2, 3, 5, 8,",
-    ]
-    .map(String::from)
-    .to_vec();
-    prompts.push("Rain falls, rivers run, seas rise. ".repeat(6) + "The weather today is");
-    prompts.push("List of fruits: apple, banana, cherry, ".repeat(4) + "and");
-    prompts.push("A long, long story begins here. ".repeat(12) + "Then");
-    prompts.push("Q: What is 2 + 2?\nA:".into());
+    let mut prompts: Vec<String> = common::PROMPTS.map(String::from).to_vec();
+    for prompt in &mut prompts[13..] {
+        *prompt = format!("{prompt} ").repeat(8);
+    }
     prompts
 }
 
@@ -150,7 +134,7 @@ async fn a_long_prompt_is_prefilled_in_chunks_while_the_others_get_tokens() {
     for stream in &mut others {
         assert!(matches!(stream.next().await, Some(TokenEvent::Token(_))));
     }
-    let long = prompts()[14].repeat(2);
+    let long = prompts()[15].repeat(2);
     let prompt_tokens = engine
         .encode_input(&Input::Prompt(long.clone()))
         .unwrap()

@@ -344,31 +344,11 @@ async fn closing_the_stream_stops_generation_stateless() {
     client.cancel().await.unwrap();
 }
 
-/// Prompts for concurrent calls: different subjects and lengths.
-const PROMPTS: [&str; 16] = [
-    "The capital of France is",
-    "My favourite food is",
-    "Water boils at",
-    "The best way to learn is",
-    "def fibonacci(n):",
-    "The three primary colours are",
-    "Once upon a time, in a small village,",
-    "import numpy as np\n",
-    "The largest planet in the solar system is",
-    "To make a cup of tea, first",
-    "Dear Sir or Madam,",
-    "1, 1, 2, 3, 5, 8,",
-    "The history of the Roman Empire",
-    "The weather today is",
-    "List of fruits: apple, banana,",
-    "A long, long story begins here. Then",
-];
-
 /// `n` calls at once give the texts they give alone, each streamed on its own progress token.
 async fn concurrent_calls(era: Era, n: usize) {
     let server = server().await;
     let (client, recorder) = connect(&server, era).await;
-    let prompts = &PROMPTS[..n];
+    let prompts = &common::PROMPTS[..n];
     let args = |p: &str| json!({"prompt": p, "max_tokens": 24, "temperature": 0});
     let mut alone = Vec::new();
     for p in prompts {

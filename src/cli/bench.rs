@@ -95,21 +95,47 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|&&n| n > 0)
         .map(|&n| (n, 0))
         .chain(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
-    let mut rows = Vec::new();
+    let mut report = Report::new(args.json, print_header, print_row);
     for (n_prompt, n_gen) in tests {
-        let row = measure(&engine, n_prompt, n_gen, args.repetitions.max(1)).await?;
-        if !args.json {
-            if rows.is_empty() {
-                print_header();
-            }
-            print_row(&row);
+        report.push(measure(&engine, n_prompt, n_gen, args.repetitions.max(1)).await?);
+    }
+    report.finish()
+}
+
+/// Rows printed as a table while they are measured, or as JSON once all are.
+struct Report<R> {
+    json: bool,
+    rows: Vec<R>,
+    header: fn(),
+    line: fn(&R),
+}
+
+impl<R: Serialize> Report<R> {
+    fn new(json: bool, header: fn(), line: fn(&R)) -> Self {
+        Self {
+            json,
+            rows: Vec::new(),
+            header,
+            line,
         }
-        rows.push(row);
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+
+    fn push(&mut self, row: R) {
+        if !self.json {
+            if self.rows.is_empty() {
+                (self.header)();
+            }
+            (self.line)(&row);
+        }
+        self.rows.push(row);
     }
-    Ok(())
+
+    fn finish(self) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&self.rows)?);
+        }
+        Ok(())
+    }
 }
 
 async fn measure(
@@ -205,7 +231,7 @@ pub struct ConcurrencyRow {
 async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
     let n_prompt = args.n_prompt.first().copied().unwrap_or(0).max(1);
     let n_gen = args.n_gen.first().copied().unwrap_or(0).max(1);
-    let mut rows = Vec::new();
+    let mut report = Report::new(args.json, print_concurrency_header, print_concurrency_row);
     for &streams in args.concurrency.iter().filter(|&&c| c > 0) {
         let (mut samples_ts, mut per_stream) = (Vec::new(), Vec::new());
         let (mut ttft, mut itl) = (Vec::new(), Vec::new());
@@ -230,7 +256,7 @@ async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
             }
         }
         let info = engine.info();
-        let row = ConcurrencyRow {
+        report.push(ConcurrencyRow {
             model: info.name.clone(),
             model_filename: info.source.clone(),
             backend: info.backend.to_string(),
@@ -248,19 +274,9 @@ async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
             ttft_p95_ms: percentile(&mut ttft, 95.0),
             itl_p50_ms: percentile(&mut itl, 50.0),
             itl_p95_ms: percentile(&mut itl, 95.0),
-        };
-        if !args.json {
-            if rows.is_empty() {
-                print_concurrency_header();
-            }
-            print_concurrency_row(&row);
-        }
-        rows.push(row);
+        });
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    }
-    Ok(())
+    report.finish()
 }
 
 /// One generation of exactly `n_gen` tokens: the seconds from `started` at which each arrived.

@@ -272,6 +272,21 @@ impl Engine {
     }
 }
 
+/// wick's Q8_0 kernel for several rows, for `cargo bench --bench kernels` to measure against
+/// candle's: `x` `(rows, k)` row-major times `weight` `(n, k)` transposed, or `None` where this
+/// CPU or weight does not take it.
+#[doc(hidden)]
+pub fn q8_0_rows_kernel(
+    weight: &candle_core::quantized::QTensor,
+    x: &[f32],
+    rows: usize,
+) -> Option<Result<Vec<f32>>> {
+    if !model::q8_0::available() || !model::q8_0::applies(weight) {
+        return None;
+    }
+    Some(model::q8_0::matmul(&[weight], x, rows).map(|mut outputs| outputs.remove(0)))
+}
+
 /// Token ids that end a generation: the model's EOS ids and the chat template's end of turn.
 fn stop_ids(
     tokenizer: &tokenizers::Tokenizer,

@@ -16,6 +16,27 @@ use wick::{
     SamplingParams, Summary, TokenEvent,
 };
 
+/// Sixteen prompts on different subjects, each continued greedily for at least 24 tokens by the
+/// small model, for concurrent generations.
+pub const PROMPTS: [&str; 16] = [
+    "The capital of France is",
+    "My favourite food is",
+    "Water boils at",
+    "The best way to learn is",
+    "def fibonacci(n):",
+    "The three primary colours are",
+    "Once upon a time, in a small village,",
+    "import numpy as np\n",
+    "The largest planet in the solar system is",
+    "To make a cup of tea, first",
+    "Dear Sir or Madam,",
+    "1, 1, 2, 3, 5, 8,",
+    "The history of the Roman Empire",
+    "The weather today is",
+    "List of fruits: apple, banana,",
+    "A long, long story begins here. Then",
+];
+
 /// A manager configured from the environment, on the CPU, with `load` options.
 pub fn manager(load: LoadOptions) -> ModelManager {
     manager_with(|config| config.load = load)

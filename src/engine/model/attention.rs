@@ -7,7 +7,9 @@
 //! values in one pass over the cache, reading each key once for all the query heads that share it.
 //! `tests` check it against the GEMM path.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, bail};
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 
 /// `q` `(heads, head_dim)` contiguous; keys and values `(kv_heads, positions, head_dim)`, rows
 /// contiguous (views into a cache). Queries are already scaled. The result is `(heads, head_dim)`.
@@ -75,6 +77,30 @@ impl CustomOp3 for DecodeAttention {
         }
         Ok((CpuStorage::F32(out), Shape::from((heads, dim))))
     }
+}
+
+/// The attention of several decode rows, each `[q, keys, values]` as [`DecodeAttention`] takes
+/// them (one sequence's row each), spread over candle's CPU worker pool: alone, a row's attention
+/// is too small to split, and one after another they left the other cores idle.
+pub(crate) fn decode_attention(rows: &[[Tensor; 3]]) -> Result<Vec<Tensor>> {
+    if let [[q, keys, values]] = rows {
+        return Ok(vec![q.apply_op3_no_bwd(keys, values, &DecodeAttention)?]);
+    }
+    let results: Vec<OnceLock<Result<Tensor>>> = rows.iter().map(|_| OnceLock::new()).collect();
+    candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
+        for i in range {
+            let [q, keys, values] = &rows[i];
+            let _ = results[i].set(q.apply_op3_no_bwd(keys, values, &DecodeAttention));
+        }
+    });
+    let mut outputs = Vec::with_capacity(rows.len());
+    for result in results {
+        match result.into_inner() {
+            Some(y) => outputs.push(y?),
+            None => bail!("decode attention: a row was not computed"),
+        }
+    }
+    Ok(outputs)
 }
 
 /// A dot product in 16 lanes, which the compiler keeps in one AVX-512 register.

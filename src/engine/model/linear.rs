@@ -121,11 +121,14 @@ impl Linear {
             };
             let outputs = match fused {
                 Some(outputs) => outputs,
-                None => linears
-                    .iter()
-                    .zip(dense.iter_mut())
-                    .map(|(l, dense)| l.call(&input, dense))
-                    .collect::<Result<_>>()?,
+                None => match Self::q8_0_rows(&linears, &input)? {
+                    Some(outputs) => outputs,
+                    None => linears
+                        .iter()
+                        .zip(dense.iter_mut())
+                        .map(|(l, dense)| l.call(&input, dense))
+                        .collect::<Result<_>>()?,
+                },
             };
             for (part, y) in parts.iter_mut().zip(outputs) {
                 part.push(if pad { y.narrow(0, 0, 1)? } else { y });
@@ -182,26 +185,33 @@ impl Linear {
             Some(_) => Q8_0_GEMM_ROWS,
             None => GEMM_ROWS,
         };
-        let y = match (&self.gemm, &self.q8_0) {
-            (Some(weight), _) if rows >= gemm_rows => {
+        let y = match &self.gemm {
+            Some(weight) if rows >= gemm_rows => {
                 let w = match dense {
                     Some(w) => w,
                     None => dense.insert(weight.dequantize(x.device())?),
                 };
                 x.matmul(&w.t()?)?
             }
-            // One row: candle's kernel, faster alone and bit for bit the same as wick's.
-            (_, Some(weight)) if rows > 1 => {
-                let y = q8_0::matmul(weight, &x.flatten_all()?.to_vec1::<f32>()?, rows)?;
-                let mut shape = x.dims().to_vec();
-                if let Some(last) = shape.last_mut() {
-                    *last = weight.shape().dims2()?.0;
-                }
-                Tensor::from_vec(y, shape, x.device())?
-            }
             _ => self.matmul.forward(x)?,
         };
         self.add_bias(y)
+    }
+
+    /// wick's Q8_0 kernel over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] rows when every
+    /// projection has it (one row takes candle's kernel: faster alone, and the same bits).
+    fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let rows = x.dim(0)?;
+        let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();
+        let Some(weights) = weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) else {
+            return Ok(None);
+        };
+        let outputs = q8_0::matmul(&weights, &x.flatten_all()?.to_vec1::<f32>()?, rows)?;
+        let outputs = linears.iter().zip(outputs).map(|(l, y)| {
+            let n = y.len() / rows;
+            l.add_bias(Tensor::from_vec(y, (rows, n), x.device())?)
+        });
+        Ok(Some(outputs.collect::<Result<_>>()?))
     }
 
     fn fused(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {

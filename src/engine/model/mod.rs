@@ -4,7 +4,7 @@ mod attention;
 pub(crate) mod config;
 mod kv;
 mod linear;
-mod q8_0;
+pub(crate) mod q8_0;
 mod rope;
 mod transformer;
 pub(crate) mod weights;

@@ -49,48 +49,63 @@ pub(crate) fn applies(weight: &QTensor) -> bool {
             .is_ok_and(|(_, k)| k.is_multiple_of(BLOCK))
 }
 
-/// `x` `(m, k)` row-major times `weight` `(n, k)` transposed: `(m, n)` row-major.
-pub(crate) fn matmul(weight: &QTensor, x: &[f32], m: usize) -> Result<Vec<f32>> {
-    let (n, k) = weight.shape().dims2()?;
-    let data = weight.data()?;
-    if !applies(weight) || x.len() != m * k || data.len() != n * (k / BLOCK) * BLOCK_BYTES {
-        return Err(candle_core::Error::Msg(format!(
-            "q8_0 kernel: weight {n}x{k} ({} bytes), {} inputs for {m} rows",
-            data.len(),
-            x.len()
-        ))
-        .into());
+/// `x` `(m, k)` row-major times each of `weights` `(n, k)` transposed: `(m, n)` row-major each.
+/// Several weights share one quantization of `x` and one parallel region (q/k/v, gate/up).
+pub(crate) fn matmul(weights: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    let k = x.len() / m.max(1);
+    let mut parts = Vec::with_capacity(weights.len());
+    for weight in weights {
+        let (n, inner) = weight.shape().dims2()?;
+        let data = weight.data()?;
+        if !applies(weight) || inner != k || data.len() != n * (k / BLOCK) * BLOCK_BYTES {
+            return Err(candle_core::Error::Msg(format!(
+                "q8_0 kernel: weight {n}x{inner} ({} bytes), {} inputs for {m} rows",
+                data.len(),
+                x.len()
+            ))
+            .into());
+        }
+        parts.push((data, n));
     }
     let rows = Activations::quantize(x, m, k);
-    // Column-major, so each task owns one contiguous run of columns. candle's own worker
-    // pool runs the tasks: a second pool would fight its spinning workers for the cores.
-    let mut columns = vec![0f32; n * m];
-    let out = columns.as_mut_ptr() as usize;
+    let mut outputs: Vec<Vec<f32>> = parts.iter().map(|(_, n)| vec![0f32; m * n]).collect();
+    let targets: Vec<usize> = outputs
+        .iter_mut()
+        .map(|y| y.as_mut_ptr() as usize)
+        .collect();
     // Long runs of columns stream from memory best (each tile prefetches the next); about
-    // eight per thread even out the threads.
+    // eight per thread even out the threads. candle's own worker pool runs the tasks: a second
+    // pool would fight its spinning workers for the cores.
     let pool = candle_core::utils::barrier_pool();
-    let per_task = (n / (8 * (pool.n_workers() + 1)))
+    let columns: usize = parts.iter().map(|(_, n)| n).sum();
+    let per_task = (columns / (8 * (pool.n_workers() + 1)))
         .next_multiple_of(4)
         .max(TASK_COLUMNS);
-    let tasks = n.div_ceil(per_task);
-    pool.execute_chunked(tasks, |range| {
-        for task in range {
-            let first = task * per_task;
+    let tasks: Vec<(usize, usize)> = parts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, n))| (0..*n).step_by(per_task).map(move |first| (i, first)))
+        .collect();
+    pool.execute_chunked(tasks.len(), |range| {
+        for &(i, first) in &tasks[range] {
+            let (data, n) = &parts[i];
             let count = per_task.min(n - first);
-            // SAFETY: tasks own disjoint column runs of `columns`, which outlives the call.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut((out as *mut f32).add(first * m), count * m)
+            // SAFETY: each task writes only its own columns of output `i`, which outlives the
+            // call; `run_columns` keeps to the `m` rows and `n` columns.
+            let out = Output {
+                y: targets[i] as *mut f32,
+                n: *n,
             };
-            run_columns(&data, k, first, &rows, out);
+            unsafe { run_columns(data, k, first, count, &rows, &out) };
         }
     });
-    let mut y = vec![0f32; m * n];
-    for (c, column) in columns.chunks_exact(m).enumerate() {
-        for (r, &v) in column.iter().enumerate() {
-            y[r * n + c] = v;
-        }
-    }
-    Ok(y)
+    Ok(outputs)
+}
+
+/// Where a task writes: an `(m, n)` row-major output.
+struct Output {
+    y: *mut f32,
+    n: usize,
 }
 
 /// Activations quantized as ggml's Q8_0: per row and block, a scale and 32 signed bytes.
@@ -119,13 +134,22 @@ impl Activations {
     }
 }
 
-/// Columns `first..` of the output, as many as `out` holds, column-major.
-fn run_columns(weights: &[u8], k: usize, first: usize, rows: &Activations, out: &mut [f32]) {
+/// Columns `first..first + count` of `out` for every row.
+///
+/// # Safety
+/// No other thread writes those columns of `out`, which holds `rows.rows` rows of `out.n`.
+unsafe fn run_columns(
+    weights: &[u8],
+    k: usize,
+    first: usize,
+    count: usize,
+    rows: &Activations,
+    out: &Output,
+) {
     let m = rows.rows;
-    let count = out.len() / m;
     let blocks = k / BLOCK;
     // Whole blocks of every column this call covers, and every row's values and scales.
-    assert!(weights.len() >= (first + count) * blocks * BLOCK_BYTES);
+    assert!(weights.len() >= (first + count) * blocks * BLOCK_BYTES && first + count <= out.n);
     assert!(rows.values.len() >= m * k && rows.scales.len() >= m * blocks);
     let mut c = 0;
     while c < count {
@@ -157,7 +181,8 @@ fn run_columns(weights: &[u8], k: usize, first: usize, rows: &Activations, out: 
             }
             for (j, column) in sums.iter().enumerate().take(columns) {
                 for (i, &v) in column.iter().enumerate().take(tile_rows) {
-                    out[(c + j) * m + r + i] = v;
+                    // SAFETY: row `r + i` < m, column `first + c + j` < n, and this task's own.
+                    unsafe { *out.y.add((r + i) * out.n + first + c + j) = v };
                 }
             }
             r += tile_rows;
@@ -258,7 +283,8 @@ mod tests {
             let w = Tensor::randn(0f32, 0.02, (n, k), &device).unwrap();
             let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
             let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
-            let ours = matmul(&q, &x.flatten_all().unwrap().to_vec1().unwrap(), m).unwrap();
+            let x_values = x.flatten_all().unwrap().to_vec1().unwrap();
+            let ours = matmul(&[&q, &q], &x_values, m).unwrap();
             let theirs = candle_core::quantized::QMatMul::from_qtensor(q)
                 .unwrap()
                 .forward(&x)
@@ -267,7 +293,7 @@ mod tests {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
-            assert_eq!(ours, theirs, "{m}x{n}x{k}");
+            assert_eq!(ours, [theirs.clone(), theirs], "{m}x{n}x{k}");
         }
     }
 }

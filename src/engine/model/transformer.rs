@@ -7,7 +7,7 @@
 
 use candle_core::{D, DType, Device, Tensor};
 
-use super::attention::DecodeAttention;
+use super::attention::decode_attention;
 use super::config::{Activation, Config, RopeScaling};
 use super::kv::KvCache;
 use super::linear::Linear;
@@ -317,9 +317,11 @@ impl Transformer {
 
         let groups = heads / kv_heads;
         let window = self.config.sliding_window.filter(|_| layer.sliding);
-        let mut outputs = Vec::with_capacity(segments.len());
+        let mut outputs: Vec<Option<Tensor>> = vec![None; segments.len()];
+        // Decode rows on the CPU: (segment, query, keys, values), run together below.
+        let mut decode_rows = Vec::new();
         let mut offset = 0;
-        for segment in segments.iter_mut() {
+        for (i, segment) in segments.iter_mut().enumerate() {
             let len = segment.tokens.len();
             let start = segment.cache.len();
             let (keys, values) = segment.cache.write(
@@ -336,8 +338,7 @@ impl Transformer {
                     .narrow(1, offset, 1)?
                     .contiguous()?
                     .reshape((heads, head_dim))?;
-                let y = q.apply_op3_no_bwd(&keys, &values, &DecodeAttention)?;
-                outputs.push(y.reshape((1, heads * head_dim))?);
+                decode_rows.push((i, [q, keys, values]));
                 offset += 1;
                 continue;
             }
@@ -362,9 +363,14 @@ impl Transformer {
                 .reshape((heads, len, head_dim))?
                 .transpose(0, 1)?
                 .reshape((len, heads * head_dim))?;
-            outputs.push(y);
+            outputs[i] = Some(y);
             offset += len;
         }
+        let (indices, rows): (Vec<usize>, Vec<[Tensor; 3]>) = decode_rows.into_iter().unzip();
+        for (i, y) in indices.into_iter().zip(decode_attention(&rows)?) {
+            outputs[i] = Some(y.reshape((1, heads * head_dim))?);
+        }
+        let mut outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
         let y = match outputs.len() {
             1 => outputs.remove(0),
             _ => Tensor::cat(&outputs, 0)?,
