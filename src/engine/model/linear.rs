@@ -35,7 +35,7 @@ use crate::error::Result;
 /// From this many rows on, a CPU matmul without a fast kernel dequantizes and runs a GEMM:
 /// dequantizing costs about what 18 rows through the slow kernel save (SmolLM2, 2 cores).
 /// Calls shorter than this keep the same kernel whatever their length.
-pub(crate) const GEMM_ROWS: usize = 32;
+const GEMM_ROWS: usize = 32;
 
 /// Below this many rows, Q8_0 matrices without a fast candle kernel use wick's own (faster than
 /// dequantizing for a GEMM up to about 256 rows: `cargo bench --bench kernels`).
@@ -93,9 +93,9 @@ impl Linear {
         Ok(y)
     }
 
-    /// Several projections of the same input (q/k/v, gate/up). Where candle's fast x86 kernels
-    /// take them all, one fused call quantizes the input once and runs one parallel region,
-    /// which is most of a small model's decode step; otherwise one call each.
+    /// Several projections of the same input (q/k/v, gate/up). Where candle's fast x86 kernels,
+    /// or wick's Q8_0 kernel, take them all, one fused call quantizes the input once and runs one
+    /// parallel region, which is most of a small model's decode step; otherwise one call each.
     pub fn forward_many<const N: usize>(
         linears: [&Linear; N],
         x: &Tensor,
