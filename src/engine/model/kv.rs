@@ -15,6 +15,11 @@ pub(crate) struct KvCache {
 }
 
 impl KvCache {
+    /// The bytes of a cache with room for `capacity` positions.
+    pub fn bytes_for(config: &Config, capacity: usize, dtype: DType) -> usize {
+        capacity * config.kv_bytes_per_position(dtype.size_in_bytes())
+    }
+
     /// Room for `capacity` positions.
     pub fn new(config: &Config, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
         let shape = (config.kv_heads, capacity, config.head_dim);
@@ -30,7 +35,7 @@ impl KvCache {
             layers,
             len: 0,
             capacity,
-            bytes: capacity * config.kv_bytes_per_position(dtype.size_in_bytes()),
+            bytes: Self::bytes_for(config, capacity, dtype),
         })
     }
 

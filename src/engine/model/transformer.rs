@@ -156,10 +156,7 @@ impl Transformer {
 
     /// The bytes of a cache with room for `positions`.
     pub fn cache_bytes(&self, positions: usize) -> usize {
-        positions
-            * self
-                .config
-                .kv_bytes_per_position(self.dtype.size_in_bytes())
+        KvCache::bytes_for(&self.config, positions, self.dtype)
     }
 
     /// An empty cache with room for `capacity` positions.
