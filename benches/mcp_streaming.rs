@@ -13,9 +13,8 @@ use rmcp::model::{CallToolRequestParams, ProgressNotificationParam};
 use rmcp::service::{NotificationContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ClientHandler, ServiceExt};
-use tokio_util::task::TaskTracker;
-use wick::server::mcp::{ToolState, WickMcp};
-use wick::server::{self, HealthCheck, ServerOptions};
+use wick::server::mcp::WickMcp;
+use wick::server::{self, HealthCheck, ServerOptions, ServerState};
 use wick::{
     DeviceChoice, GenerateRequest, LoadOptions, ManagerConfig, ModelManager, ModelSelector,
     SamplingParams,
@@ -48,19 +47,19 @@ fn bench(c: &mut Criterion) {
             .get(&ModelSelector::default())
             .await
             .expect("the small model");
-        let state = Arc::new(ToolState {
+        let state = Arc::new(ServerState::new(
             manager,
-            default_model: ModelSelector::default(),
-            default_backend: wick::Backend::Gguf,
-            in_flight: TaskTracker::new(),
-        });
+            ModelSelector::default(),
+            wick::Backend::Gguf,
+        ));
         let health: HealthCheck = Arc::new(|| (true, serde_json::json!({})));
-        let shutdown = server::Shutdown::default();
+        let shutdown = state.shutdown.clone();
         let app = server::router(
             &ServerOptions::default(),
             &shutdown,
             move || WickMcp::new(state.clone()),
             health,
+            axum::Router::new(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

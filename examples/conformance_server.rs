@@ -91,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
         &shutdown,
         move || Fixtures::new(shared.clone()),
         health,
+        axum::Router::new(),
     );
 
     let listener = tokio::net::TcpListener::bind(options.addr()).await?;

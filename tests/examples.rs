@@ -116,4 +116,23 @@ fn the_mcp_client_example_streams_from_the_mcp_server_example() {
         assert!(streamed.contains("Paris"), "{streamed}");
         assert_eq!(result["completion_tokens"], 12);
     }
+    // The example serves the OpenAI API and /metrics too, which counted each call by transport.
+    let http = reqwest::blocking::Client::new();
+    let completion: serde_json::Value = http
+        .post(format!("{}/v1/completions", server.base))
+        .json(&serde_json::json!({ "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0 }))
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .expect("a completion");
+    assert_eq!(completion["usage"]["completion_tokens"], 12, "{completion}");
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .and_then(|r| r.text())
+        .expect("/metrics");
+    for (frontend, calls) in [("mcp", 2), ("sse", 1), ("openai", 1)] {
+        let line = format!(r#"frontend="{frontend}",outcome="length"}} {calls}"#);
+        assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
+    }
 }

@@ -1,4 +1,4 @@
-//! `wick serve`: the MCP server.
+//! `wick serve`: the MCP server, with the OpenAI-compatible API and `/metrics` beside it.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Seconds a shutdown waits for running generations to finish.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
+    /// Serve /metrics without the API key (for a scraper on a trusted network).
+    #[arg(long)]
+    pub metrics_public: bool,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         session_idle_timeout: Duration::from_secs(args.session_idle_timeout),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        metrics_public: args.metrics_public,
     };
     server::serve_models(options, manager, args.model.selector(), args.model.backend).await?;
     Ok(())

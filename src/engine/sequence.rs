@@ -44,6 +44,7 @@ impl Job {
             finish_reason: FinishReason::Error,
             prompt_tokens: self.prompt.len(),
             completion_tokens: 0,
+            queue_time: self.enqueued.elapsed(),
             time_to_first_token: Duration::ZERO,
             total_time: Duration::ZERO,
             prefill_tokens_per_second: 0.0,
@@ -240,6 +241,7 @@ impl<'t> Sequence<'t> {
             finish_reason: reason,
             prompt_tokens: self.job.prompt.len(),
             completion_tokens: self.generated,
+            queue_time: self.admitted - self.job.enqueued,
             time_to_first_token: self
                 .first_token
                 .map(|t| t - self.job.enqueued)

@@ -53,6 +53,9 @@ pub struct Summary {
     pub prompt_tokens: usize,
     /// Tokens sampled, including a final end-of-sequence token.
     pub completion_tokens: usize,
+    /// From the request reaching the engine to its admission: time spent waiting for a slot.
+    #[serde(with = "duration_secs")]
+    pub queue_time: Duration,
     /// From the request reaching the engine to the first sampled token (queueing + prefill).
     #[serde(with = "duration_secs")]
     pub time_to_first_token: Duration,
@@ -179,6 +182,7 @@ impl Summary {
             finish_reason: FinishReason::Error,
             prompt_tokens: 0,
             completion_tokens: 0,
+            queue_time: Duration::ZERO,
             time_to_first_token: Duration::ZERO,
             total_time: Duration::ZERO,
             prefill_tokens_per_second: 0.0,

@@ -6,7 +6,8 @@
 //! - **Origin**: requests without one (non-browser clients) pass; a browser page must come from a
 //!   loopback origin or an `--allowed-origin`. A foreign origin gets 403.
 //! - **Bearer token** (`--api-key`): compared in constant time; 401 with `WWW-Authenticate`
-//!   otherwise. `/health` stays open for load balancers.
+//!   otherwise. `/health` stays open for load balancers, and `/metrics` for scrapers when
+//!   `--metrics-public` says so.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct AccessPolicy {
     allowed_origins: Vec<String>,
     /// sha256 of the API key: comparing digests takes the same time whatever the key's length.
     api_key: Option<[u8; 32]>,
+    /// Served without the key: `/health`, and `/metrics` with `--metrics-public`.
+    open_paths: Vec<&'static str>,
 }
 
 impl AccessPolicy {
@@ -35,6 +38,7 @@ impl AccessPolicy {
         extra_hosts: &[String],
         allowed_origins: &[String],
         api_key: Option<&str>,
+        metrics_public: bool,
     ) -> Self {
         let allowed_hosts = if bind.is_unspecified() || extra_hosts.iter().any(|h| h == "*") {
             None
@@ -51,6 +55,11 @@ impl AccessPolicy {
                 .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
                 .collect(),
             api_key: api_key.filter(|k| !k.is_empty()).map(digest),
+            open_paths: if metrics_public {
+                vec!["/health", "/metrics"]
+            } else {
+                vec!["/health"]
+            },
         }
     }
 
@@ -100,7 +109,7 @@ impl AccessPolicy {
             }
         }
         if let Some(expected) = &self.api_key
-            && path != "/health"
+            && !self.open_paths.contains(&path)
         {
             let given = headers
                 .get(header::AUTHORIZATION)
@@ -201,7 +210,7 @@ mod tests {
 
     #[test]
     fn loopback_binding_checks_host_and_origin() {
-        let policy = AccessPolicy::new("127.0.0.1".parse().unwrap(), &[], &[], None);
+        let policy = AccessPolicy::new("127.0.0.1".parse().unwrap(), &[], &[], None, false);
         assert!(
             policy
                 .check("/mcp", &headers(&[("host", "127.0.0.1:8080")]))
@@ -235,7 +244,7 @@ mod tests {
     #[test]
     fn wildcard_binding_leaves_origin_as_the_guard() {
         let origins = ["https://app.example.com".to_string()];
-        let policy = AccessPolicy::new("0.0.0.0".parse().unwrap(), &[], &origins, None);
+        let policy = AccessPolicy::new("0.0.0.0".parse().unwrap(), &[], &origins, None, false);
         assert!(
             policy
                 .check("/mcp", &headers(&[("host", "gpu-box:8080")]))
@@ -249,7 +258,13 @@ mod tests {
 
     #[test]
     fn bearer_tokens_are_checked_except_on_health() {
-        let policy = AccessPolicy::new("127.0.0.1".parse().unwrap(), &[], &[], Some("s3cret"));
+        let policy = AccessPolicy::new(
+            "127.0.0.1".parse().unwrap(),
+            &[],
+            &[],
+            Some("s3cret"),
+            false,
+        );
         let host = ("host", "127.0.0.1");
         assert!(
             policy
@@ -266,5 +281,9 @@ mod tests {
         assert!(wrong.challenge.unwrap().contains("invalid_token"));
         assert!(policy.check("/mcp", &headers(&[host])).is_err());
         assert!(policy.check("/health", &headers(&[host])).is_ok());
+        assert!(policy.check("/metrics", &headers(&[host])).is_err());
+        let public = AccessPolicy::new("127.0.0.1".parse().unwrap(), &[], &[], Some("k"), true);
+        assert!(public.check("/metrics", &headers(&[host])).is_ok());
+        assert!(public.check("/v1/models", &headers(&[host])).is_err());
     }
 }

@@ -28,23 +28,14 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tokio_util::task::TaskTracker;
 
+use super::ServerState;
+use super::metrics::{Frontend, Outcome};
 use crate::engine::{
-    ChatMessage, FinishReason, GenerateRequest, ModelManager, ModelStatus, SamplingParams, Summary,
-    TokenEvent,
+    ChatMessage, FinishReason, GenerateRequest, ModelStatus, SamplingParams, Summary, TokenEvent,
 };
 use crate::error::Error;
-use crate::registry::{Backend, ModelSelector};
-
-/// What the tools share: the models, the default one, and the generations in flight (so a
-/// graceful shutdown can wait for them).
-pub struct ToolState {
-    pub manager: Arc<ModelManager>,
-    pub default_model: ModelSelector,
-    pub default_backend: Backend,
-    pub in_flight: TaskTracker,
-}
+use crate::registry::ModelSelector;
 
 /// Sampling options shared by `generate` and `chat`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -127,13 +118,13 @@ pub struct ModelList {
 
 #[derive(Clone)]
 pub struct WickMcp {
-    state: Arc<ToolState>,
+    state: Arc<ServerState>,
     tool_router: ToolRouter<Self>,
 }
 
 #[tool_router]
 impl WickMcp {
-    pub fn new(state: Arc<ToolState>) -> Self {
+    pub fn new(state: Arc<ServerState>) -> Self {
         Self {
             state,
             tool_router: Self::tool_router(),
@@ -186,12 +177,9 @@ impl WickMcp {
         request: GenerateRequest,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let selector = match model {
-            Some(m) => match ModelSelector::parse_model_arg(m, self.state.default_backend) {
-                Ok(selector) => selector,
-                Err(e) => return Ok(tool_error(&e)),
-            },
-            None => self.state.default_model.clone(),
+        let selector = match self.state.selector(model) {
+            Ok(selector) => selector,
+            Err(e) => return Ok(tool_error(&e)),
         };
         // Tracked so that a graceful shutdown lets this generation finish.
         let work = self.stream(selector, request, ctx);
@@ -208,17 +196,28 @@ impl WickMcp {
             Ok(engine) => engine,
             Err(e) => return Ok(tool_error(&e)),
         };
+        // The legacy SSE transport marks its requests; everything else came through /mcp.
+        let frontend = ctx
+            .extensions
+            .get::<Frontend>()
+            .copied()
+            .unwrap_or(Frontend::Mcp);
+        let metrics = &self.state.metrics;
         let total = request.params.max_tokens as f64;
         let mut tokens = match engine.generate(request.with_cancel(ctx.ct.clone())) {
-            Ok(tokens) => tokens,
+            Ok(tokens) => metrics.observe(&engine, frontend, tokens),
             Err(e @ Error::Busy { .. }) => {
+                metrics.refused(&engine, frontend, Outcome::Busy);
                 return Err(McpError::new(
                     ErrorCode(-32000),
                     e.to_string(),
                     Some(serde_json::json!({ "reason": "busy", "model": engine.info().name })),
                 ));
             }
-            Err(e) => return Ok(tool_error(&e)),
+            Err(e) => {
+                metrics.refused(&engine, frontend, Outcome::Error);
+                return Ok(tool_error(&e));
+            }
         };
         let progress_token = ctx.meta.get_progress_token();
         let mut text = String::new();

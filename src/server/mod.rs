@@ -1,12 +1,16 @@
 //! The HTTP server: MCP over Streamable HTTP at `/mcp` (both protocol eras), the legacy HTTP+SSE
-//! transport at `/sse` + `/sse/messages`, and `/health`, behind one access policy.
+//! transport at `/sse` + `/sse/messages`, the OpenAI-compatible API at `/v1`, `/metrics` and
+//! `/health`, behind one access policy.
 
 mod access;
 mod malformed;
 pub mod mcp;
+pub mod metrics;
+mod openai;
 mod resume;
 mod run;
 mod sse_legacy;
+mod state;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use access::AccessPolicy;
 
 pub use run::{serve_models, shutdown_signal};
+pub use state::ServerState;
 
 /// How the server listens and whom it lets in.
 #[derive(Clone, Debug)]
@@ -46,6 +51,8 @@ pub struct ServerOptions {
     pub session_idle_timeout: Duration,
     /// How long a shutdown waits for running generations before cutting them off.
     pub shutdown_grace: Duration,
+    /// Serve `/metrics` without the API key (for scrapers inside a trusted network).
+    pub metrics_public: bool,
 }
 
 impl Default for ServerOptions {
@@ -59,6 +66,7 @@ impl Default for ServerOptions {
             max_body_bytes: 4 << 20,
             session_idle_timeout: Duration::from_secs(30 * 60),
             shutdown_grace: Duration::from_secs(30),
+            metrics_public: false,
         }
     }
 }
@@ -82,13 +90,15 @@ pub struct Shutdown {
     pub responses: TaskTracker,
 }
 
-/// The routes for any MCP handler, behind the access policy. `wick serve` mounts wick's tools;
-/// the conformance fixture server mounts its fixtures on the very same configuration.
+/// The routes for any MCP handler, and `more` routes, behind the access policy. `wick serve`
+/// mounts wick's tools and [`api_routes`]; the conformance fixture server mounts its fixtures on
+/// the very same configuration.
 pub fn router<H, F>(
     options: &ServerOptions,
     shutdown: &Shutdown,
     make_handler: F,
     health: HealthCheck,
+    more: Router,
 ) -> Router
 where
     H: ServerHandler,
@@ -119,6 +129,7 @@ where
         &options.allowed_hosts,
         &options.allowed_origins,
         options.api_key.as_deref(),
+        options.metrics_public,
     ));
     let cors_policy = policy.clone();
     let cors = CorsLayer::new()
@@ -137,6 +148,7 @@ where
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn(malformed::reject_malformed))
         .merge(sse_legacy::routes(make_handler, shutdown.sessions.clone()))
+        .merge(more)
         .route(
             "/health",
             get(move || {
@@ -159,6 +171,29 @@ where
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(policy, access::guard))
         .layer(cors)
+}
+
+/// The OpenAI-compatible API and `/metrics`: `wick serve`'s routes besides MCP.
+pub fn api_routes(state: Arc<ServerState>) -> Router {
+    openai::routes(state.clone()).route(
+        "/metrics",
+        get(move || {
+            let state = state.clone();
+            async move {
+                match state.metrics.encode(&state.manager.loaded()) {
+                    Ok(text) => (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                        )],
+                        text,
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    )
 }
 
 /// Holds a token of `responses` until a POST's response body has been sent (or dropped).

@@ -6,16 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use super::mcp::{ToolState, WickMcp};
-use super::{HealthCheck, ServerOptions, Shutdown, router, serve};
+use super::mcp::WickMcp;
+use super::{HealthCheck, ServerOptions, ServerState, api_routes, router, serve};
 use crate::engine::{ModelInfo, ModelManager};
 use crate::error::{Error, Result};
 use crate::registry::{Backend, ModelSelector};
 
-/// Serves `manager`'s models over MCP until a shutdown signal, `default_model` loaded up front.
-/// Prints `wick: serving MCP at URL` on stdout once listening.
+/// Serves `manager`'s models over MCP and the OpenAI API until a shutdown signal,
+/// `default_model` loaded up front. Prints `wick: serving MCP at URL` on stdout once listening.
 pub async fn serve_models(
     options: ServerOptions,
     manager: Arc<ModelManager>,
@@ -23,16 +22,15 @@ pub async fn serve_models(
     default_backend: Backend,
 ) -> Result<()> {
     manager.resolve(&default_model)?;
-    let state = Arc::new(ToolState {
-        manager: manager.clone(),
-        default_model: default_model.clone(),
+    let state = Arc::new(ServerState::new(
+        manager.clone(),
+        default_model.clone(),
         default_backend,
-        in_flight: TaskTracker::new(),
-    });
+    ));
     let loaded: Arc<OnceLock<ModelInfo>> = Arc::default();
     let draining = Arc::new(AtomicBool::new(false));
     let health = health_check(manager.clone(), loaded.clone(), draining.clone());
-    let shutdown = Shutdown::default();
+    let shutdown = state.shutdown.clone();
     let stop_accepting = CancellationToken::new();
     let tools = state.clone();
     let app = router(
@@ -40,6 +38,7 @@ pub async fn serve_models(
         &shutdown,
         move || WickMcp::new(tools.clone()),
         health,
+        api_routes(state.clone()),
     );
 
     let addr = options.addr();

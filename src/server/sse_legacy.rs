@@ -26,6 +26,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, PollSender};
 
+use super::metrics::Frontend;
+
 type Sessions = Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>;
 
 struct Legacy<H> {
@@ -123,6 +125,7 @@ async fn message<H: ServerHandler>(
         }
     };
     message.insert_extension(parts);
+    message.insert_extension(Frontend::Sse);
     match session.send(message).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(_) => (StatusCode::GONE, format!("session `{id}` has ended")).into_response(),

@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use wick::server::mcp::{ToolState, WickMcp};
-use wick::server::{self, HealthCheck, ServerOptions, Shutdown};
+use wick::server::mcp::WickMcp;
+use wick::server::{self, HealthCheck, ServerOptions, ServerState, Shutdown};
 use wick::{Engine, LoadOptions, ModelManager, ModelSelector};
 
 pub struct TestServer {
@@ -21,25 +20,26 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(options: ServerOptions, load: LoadOptions) -> Self {
         let manager = Arc::new(super::manager(load));
-        let state = Arc::new(ToolState {
-            manager: manager.clone(),
-            default_model: ModelSelector::default(),
-            default_backend: wick::Backend::Gguf,
-            in_flight: TaskTracker::new(),
-        });
+        let state = Arc::new(ServerState::new(
+            manager.clone(),
+            ModelSelector::default(),
+            wick::Backend::Gguf,
+        ));
         let handlers = Arc::new(AtomicUsize::new(0));
         let counter = handlers.clone();
         let health: HealthCheck = Arc::new(|| (true, serde_json::json!({ "status": "ready" })));
-        let shutdown = Shutdown::default();
+        let shutdown = state.shutdown.clone();
         let stop = CancellationToken::new();
+        let tools = state.clone();
         let app = server::router(
             &options,
             &shutdown,
             move || {
                 counter.fetch_add(1, Ordering::SeqCst);
-                WickMcp::new(state.clone())
+                WickMcp::new(tools.clone())
             },
             health,
+            server::api_routes(state.clone()),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

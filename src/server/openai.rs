@@ -1,0 +1,667 @@
+//! The OpenAI-compatible API: `/v1/chat/completions`, `/v1/completions` and `/v1/models`, on
+//! the same engine and token stream as the MCP tools.
+//!
+//! Every field OpenAI defines is either honoured or refused: a value wick cannot honour
+//! (`n: 2`, `logprobs: true`, tools…) and a field OpenAI does not define both get a 400 naming
+//! the field, as OpenAI itself answers unknown fields. Sampling defaults are OpenAI's
+//! (temperature 1, top_p 1, no repeat penalty), and `max_tokens` defaults to 256 as on MCP.
+//! A client that disconnects drops the token stream, which stops its generation at the next
+//! token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+use super::ServerState;
+use super::metrics::{Frontend, Outcome};
+use crate::engine::{
+    ChatMessage, FinishReason, GenerateRequest, Input, SamplingParams, Summary, TokenEvent,
+};
+use crate::error::Error;
+
+pub fn routes(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{model}", get(get_model))
+        .with_state(state)
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn invalid(param: Option<&str>, message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            message,
+            param: param.map(str::to_string),
+            code: None,
+        }
+    }
+
+    fn server(status: StatusCode, message: String) -> Self {
+        Self {
+            status,
+            kind: "server_error",
+            message,
+            param: None,
+            code: None,
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({ "error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::Busy { .. } => Self {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                kind: "rate_limit_error",
+                message,
+                param: None,
+                code: Some("server_busy"),
+            },
+            Error::UnknownModel { .. }
+            | Error::UnknownTier(_)
+            | Error::UnknownBackend(_)
+            | Error::NoTierEntry { .. } => Self {
+                status: StatusCode::NOT_FOUND,
+                kind: "invalid_request_error",
+                message,
+                param: Some("model".into()),
+                code: Some("model_not_found"),
+            },
+            Error::ContextOverflow { .. } | Error::KvCacheTooSmall { .. } => Self {
+                code: Some("context_length_exceeded"),
+                ..Self::invalid(Some("max_tokens"), message)
+            },
+            Error::Unloaded(_) => Self::server(StatusCode::SERVICE_UNAVAILABLE, message),
+            e if e.is_client_error() => Self::invalid(None, message),
+            _ => Self::server(StatusCode::INTERNAL_SERVER_ERROR, message),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The fields both endpoints honour.
+#[derive(Debug, Deserialize)]
+struct Options {
+    model: Option<String>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    /// wick's extras, as llama-server and vLLM accept them.
+    top_k: Option<u32>,
+    repeat_penalty: Option<f32>,
+    stop: Option<Stop>,
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+}
+
+const OPTION_FIELDS: [&str; 11] = [
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repeat_penalty",
+    "stop",
+    "seed",
+    "stream",
+    "stream_options",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+impl Options {
+    fn params(&self) -> SamplingParams {
+        let defaults = SamplingParams::default();
+        SamplingParams {
+            max_tokens: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .map_or(defaults.max_tokens, |n| n as usize),
+            temperature: self.temperature.unwrap_or(1.0),
+            top_p: self.top_p.unwrap_or(1.0),
+            top_k: self.top_k.map_or(0, |k| k as usize),
+            repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
+            seed: self.seed,
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(list)) => list.clone(),
+            },
+            ..defaults
+        }
+    }
+
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .is_some_and(|options| options.include_usage)
+    }
+}
+
+/// Checks every field of `body` that is not one of `own` or the shared options: fields OpenAI
+/// defines pass only at values that change nothing; any other field is refused.
+fn check_fields(body: &Map<String, Value>, own: &[&str]) -> Result<(), ApiError> {
+    for (field, value) in body {
+        let name = field.as_str();
+        if OPTION_FIELDS.contains(&name) || own.contains(&name) {
+            continue;
+        }
+        let is = |v: Value| *value == v;
+        let (honoured, why) = match name {
+            // They describe the caller and change nothing in the output.
+            "user" | "metadata" | "service_tier" | "parallel_tool_calls" => (true, ""),
+            "store" => (value.is_null() || is(json!(false)), "wick stores nothing"),
+            "n" | "best_of" => (
+                value.is_null() || is(json!(1)),
+                "wick generates one choice per request",
+            ),
+            "logprobs" | "echo" => (
+                value.is_null() || is(json!(false)) || is(json!(0)),
+                "wick does not return log probabilities or echo the prompt",
+            ),
+            "top_logprobs" => (value.is_null(), "wick does not return log probabilities"),
+            "suffix" => (value.is_null(), "wick does not insert text"),
+            "presence_penalty" | "frequency_penalty" => (
+                value.is_null() || value.as_f64() == Some(0.0),
+                "use wick's repeat_penalty instead",
+            ),
+            "logit_bias" => (
+                value.is_null() || value.as_object().is_some_and(Map::is_empty),
+                "wick does not bias tokens",
+            ),
+            "tools" | "functions" => (
+                value.is_null() || value.as_array().is_some_and(Vec::is_empty),
+                "wick does not call tools",
+            ),
+            "tool_choice" | "function_call" => (
+                value.is_null() || is(json!("none")),
+                "wick does not call tools",
+            ),
+            "response_format" => (
+                value.is_null() || value.get("type") == Some(&json!("text")),
+                "wick writes plain text only",
+            ),
+            _ => {
+                return Err(ApiError::invalid(
+                    Some(name),
+                    format!("unrecognized request argument supplied: {name}"),
+                ));
+            }
+        };
+        if !honoured {
+            return Err(ApiError::invalid(
+                Some(name),
+                format!("unsupported value for `{name}`: {value}; {why}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `T` from the JSON object `body`, naming the field that does not fit.
+fn parse<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(body.clone())).map_err(|e| {
+        let param = e.path().to_string();
+        ApiError::invalid(Some(&param), format!("invalid `{param}`: {}", e.inner()))
+    })
+}
+
+fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid(
+            None,
+            "the body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::invalid(
+            None,
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    messages: Vec<Message>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+    tool_calls: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+impl ChatBody {
+    fn messages(self) -> Result<Vec<ChatMessage>, ApiError> {
+        self.messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, message)| {
+                let role = match message.role.as_str() {
+                    // OpenAI's newer name for the system prompt.
+                    "developer" | "system" => "system",
+                    "user" | "assistant" => message.role.as_str(),
+                    other => {
+                        return Err(ApiError::invalid(
+                            Some(&format!("messages[{i}].role")),
+                            format!(
+                                "unsupported role `{other}`; wick takes system, developer, user \
+                                 and assistant messages"
+                            ),
+                        ));
+                    }
+                };
+                if message.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) {
+                    return Err(ApiError::invalid(
+                        Some(&format!("messages[{i}].tool_calls")),
+                        "wick does not call tools".into(),
+                    ));
+                }
+                let content = match message.content {
+                    None => String::new(),
+                    Some(Content::Text(text)) => text,
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for (j, part) in parts.into_iter().enumerate() {
+                            match (part.kind.as_str(), part.text) {
+                                ("text", Some(t)) => text.push_str(&t),
+                                (kind, _) => {
+                                    return Err(ApiError::invalid(
+                                        Some(&format!("messages[{i}].content[{j}]")),
+                                        format!(
+                                            "unsupported content part `{kind}`; wick reads \
+                                             text parts only"
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                        text
+                    }
+                };
+                Ok(ChatMessage::new(role, content))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionBody {
+    prompt: Prompt,
+}
+
+/// A prompt as OpenAI takes it; wick answers one prompt per request.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+impl Prompt {
+    fn input(self) -> Result<Input, ApiError> {
+        let one = |n: usize| {
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(ApiError::invalid(
+                    Some("prompt"),
+                    format!("{n} prompts given; wick answers one prompt per request"),
+                ))
+            }
+        };
+        Ok(match self {
+            Prompt::Text(text) => Input::Prompt(text),
+            Prompt::Tokens(tokens) => Input::Tokens(tokens),
+            Prompt::Texts(mut texts) => {
+                one(texts.len())?;
+                Input::Prompt(texts.remove(0))
+            }
+            Prompt::TokenLists(mut lists) => {
+                one(lists.len())?;
+                Input::Tokens(lists.remove(0))
+            }
+        })
+    }
+}
+
+/// Which endpoint answers: they differ only in the shape of their replies.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Endpoint {
+    Chat,
+    Completions,
+}
+
+async fn chat_completions(
+    State(state): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = object(&body)?;
+    check_fields(&body, &["messages"])?;
+    let options: Options = parse(&body)?;
+    let messages = parse::<ChatBody>(&body)?.messages()?;
+    generate(&state, Endpoint::Chat, options, Input::Chat(messages)).await
+}
+
+async fn completions(
+    State(state): State<Arc<ServerState>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = object(&body)?;
+    check_fields(&body, &["prompt"])?;
+    let options: Options = parse(&body)?;
+    let input = parse::<CompletionBody>(&body)?.prompt.input()?;
+    generate(&state, Endpoint::Completions, options, input).await
+}
+
+async fn generate(
+    state: &ServerState,
+    endpoint: Endpoint,
+    options: Options,
+    input: Input,
+) -> Result<Response, ApiError> {
+    let selector = state.selector(options.model.as_deref())?;
+    let engine = state.manager.get(&selector).await?;
+    // Cut off, like MCP calls, when a shutdown's grace period is over.
+    let request = GenerateRequest::new(input)
+        .with_params(options.params())
+        .with_cancel(state.shutdown.sessions.child_token());
+    let metrics = &state.metrics;
+    let tokens = match engine.generate(request) {
+        Ok(tokens) => metrics.observe(&engine, Frontend::Openai, tokens),
+        Err(e) => {
+            let outcome = match e {
+                Error::Busy { .. } => Outcome::Busy,
+                _ => Outcome::Error,
+            };
+            metrics.refused(&engine, Frontend::Openai, outcome);
+            return Err(e.into());
+        }
+    };
+    let reply = Reply {
+        endpoint,
+        id: format!(
+            "{}-{}",
+            match endpoint {
+                Endpoint::Chat => "chatcmpl",
+                Endpoint::Completions => "cmpl",
+            },
+            uuid::Uuid::new_v4().simple()
+        ),
+        created: chrono::Utc::now().timestamp(),
+        model: engine.info().name.clone(),
+    };
+    if options.stream {
+        Ok(stream(reply, tokens, options.include_usage()).into_response())
+    } else {
+        whole(reply, tokens).await
+    }
+}
+
+/// What every reply of one request repeats.
+struct Reply {
+    endpoint: Endpoint,
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl Reply {
+    /// The `object` of a streamed chunk.
+    fn chunk_object(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completions => "text_completion",
+        }
+    }
+
+    fn envelope(&self, object: &str, choices: Value) -> Value {
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+
+    fn chunk(&self, text: &str, role: bool, finish: Option<FinishReason>) -> Value {
+        let finish_reason = finish.map(|f| f.to_string());
+        match self.endpoint {
+            Endpoint::Chat => {
+                let delta = match (role, finish) {
+                    (true, _) => json!({ "role": "assistant", "content": text }),
+                    (false, Some(_)) => json!({}),
+                    (false, None) => json!({ "content": text }),
+                };
+                self.envelope(
+                    self.chunk_object(),
+                    json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }]),
+                )
+            }
+            Endpoint::Completions => self.envelope(
+                self.chunk_object(),
+                json!([{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason }]),
+            ),
+        }
+    }
+
+    fn whole(&self, text: String, summary: &Summary) -> Value {
+        let finish_reason = summary.finish_reason.to_string();
+        let mut reply = match self.endpoint {
+            Endpoint::Chat => self.envelope(
+                "chat.completion",
+                json!([{
+                    "index": 0,
+                    "message": { "role": "assistant", "content": text },
+                    "logprobs": null,
+                    "finish_reason": finish_reason,
+                }]),
+            ),
+            Endpoint::Completions => self.envelope(
+                "text_completion",
+                json!([{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason }]),
+            ),
+        };
+        reply["usage"] = usage(summary);
+        reply
+    }
+}
+
+fn usage(summary: &Summary) -> Value {
+    json!({
+        "prompt_tokens": summary.prompt_tokens,
+        "completion_tokens": summary.completion_tokens,
+        "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+    })
+}
+
+/// A generation that did not end with `stop` or `length`, as the error the client gets.
+fn failure(summary: &Summary) -> Option<ApiError> {
+    match summary.finish_reason {
+        FinishReason::Stop | FinishReason::Length => None,
+        // The client is still here, so the server cut the generation off.
+        FinishReason::Cancelled => Some(ApiError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down and cut this generation off; retry on another replica"
+                .into(),
+        )),
+        FinishReason::Error => Some(ApiError::server(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "generation failed: {}",
+                summary.error.as_deref().unwrap_or("unknown error")
+            ),
+        )),
+    }
+}
+
+async fn whole(
+    reply: Reply,
+    mut tokens: impl Stream<Item = TokenEvent> + Unpin,
+) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = tokens.next().await {
+        match event {
+            TokenEvent::Token(token) => text.push_str(&token.text),
+            TokenEvent::Done(summary) => {
+                if let Some(error) = failure(&summary) {
+                    return Err(error);
+                }
+                return Ok(Json(reply.whole(text, &summary)).into_response());
+            }
+        }
+    }
+    Err(ApiError::server(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the generation ended without a summary".into(),
+    ))
+}
+
+/// OpenAI's event stream: a first chunk with the role, one chunk per text delta, a last chunk
+/// with the finish reason, the usage chunk when asked for, then `[DONE]`.
+fn stream(
+    reply: Reply,
+    mut tokens: impl Stream<Item = TokenEvent> + Unpin + Send + 'static,
+    include_usage: bool,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let event = |value: Value| Ok(Event::default().data(value.to_string()));
+    let with_usage = move |mut chunk: Value| {
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    };
+    let events = async_stream::stream! {
+        if reply.endpoint == Endpoint::Chat {
+            yield event(with_usage(reply.chunk("", true, None)));
+        }
+        while let Some(next) = tokens.next().await {
+            match next {
+                TokenEvent::Token(token) if !token.text.is_empty() => {
+                    yield event(with_usage(reply.chunk(&token.text, false, None)));
+                }
+                TokenEvent::Token(_) => {}
+                TokenEvent::Done(summary) => {
+                    if let Some(error) = failure(&summary) {
+                        yield event(error.body());
+                        break;
+                    }
+                    yield event(with_usage(reply.chunk("", false, Some(summary.finish_reason))));
+                    if include_usage {
+                        let mut last = reply.envelope(reply.chunk_object(), json!([]));
+                        last["usage"] = usage(&summary);
+                        yield event(last);
+                    }
+                }
+            }
+        }
+        yield Ok(Event::default().data("[DONE]"));
+    };
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn model_entry(name: &str) -> Value {
+    json!({ "id": name, "object": "model", "created": 0, "owned_by": "wick" })
+}
+
+/// The registry's models and any other loaded one, under the names `model` accepts.
+async fn list_models(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    let data: Vec<Value> = state
+        .manager
+        .status()
+        .iter()
+        .map(|model| model_entry(&model.name))
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}
+
+async fn get_model(
+    State(state): State<Arc<ServerState>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.manager.status().iter().any(|m| m.name == model) {
+        // Neither loaded nor in the registry: the registry's error lists what there is.
+        state.manager.registry().by_name(&model)?;
+    }
+    Ok(Json(model_entry(&model)))
+}

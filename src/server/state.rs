@@ -1,0 +1,49 @@
+//! What every front end of `wick serve` shares, passed to each explicitly.
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use super::Shutdown;
+use super::metrics::Metrics;
+use crate::engine::ModelManager;
+use crate::error::Result;
+use crate::registry::{Backend, ModelSelector};
+
+/// The models, the one a request gets when it names none, the shutdown in progress, and the
+/// metrics every front end feeds.
+pub struct ServerState {
+    pub manager: Arc<ModelManager>,
+    pub default_model: ModelSelector,
+    pub default_backend: Backend,
+    /// Tool calls in flight, so that a graceful shutdown lets them finish.
+    pub in_flight: TaskTracker,
+    pub shutdown: Shutdown,
+    pub metrics: Arc<Metrics>,
+}
+
+impl ServerState {
+    pub fn new(
+        manager: Arc<ModelManager>,
+        default_model: ModelSelector,
+        default_backend: Backend,
+    ) -> Self {
+        Self {
+            manager,
+            default_model,
+            default_backend,
+            in_flight: TaskTracker::new(),
+            shutdown: Shutdown::default(),
+            metrics: Arc::default(),
+        }
+    }
+
+    /// The model a request's `model` field names (a tier, `tier/backend` or a registry name),
+    /// or the default one.
+    pub fn selector(&self, model: Option<&str>) -> Result<ModelSelector> {
+        match model {
+            Some(m) => ModelSelector::parse_model_arg(m, self.default_backend),
+            None => Ok(self.default_model.clone()),
+        }
+    }
+}

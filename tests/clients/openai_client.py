@@ -1,0 +1,139 @@
+"""Drives wick's OpenAI-compatible API with the official `openai` Python SDK and prints what it
+saw as JSON lines that tests/openai.rs checks (`KIND {json}`).
+
+usage: openai_client.py BASE_URL MODE [API_KEY]
+  MODE  main    models, chat and completions (whole and streamed), stop, max_tokens, refusals
+        abort   a long streamed chat abandoned after 3 chunks, then a short request
+        auth    a wrong key (refused), then API_KEY (served)
+        three   three completions, one streamed, printing their usage
+        metrics /metrics parsed with prometheus_client's own parser
+"""
+
+import json
+import sys
+import urllib.request
+
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+BASE, MODE = sys.argv[1], sys.argv[2]
+KEY = sys.argv[3] if len(sys.argv) > 3 else "unused"
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+# The SDK requires a model; wick takes a registry name, a tier (`small`) or `tier/backend`.
+MODEL = "smollm2-135m-instruct-q4_1"
+
+
+def emit(kind, value):
+    print(kind, json.dumps(value), flush=True)
+
+
+def client(key=KEY):
+    return openai.OpenAI(base_url=f"{BASE}/v1", api_key=key, max_retries=0, timeout=300)
+
+
+def streamed_chat(api, **args):
+    chunks = list(api.chat.completions.create(model=MODEL, messages=CHAT, stream=True, **args))
+    return {
+        "roles": [c.choices[0].delta.role for c in chunks if c.choices],
+        "deltas": [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content],
+        "finish": [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason],
+        "usage": [c.usage.model_dump() for c in chunks if c.usage],
+        "usage_chunk_choices": [len(c.choices) for c in chunks if c.usage],
+        "ids": sorted({c.id for c in chunks}),
+        "objects": sorted({c.object for c in chunks}),
+    }
+
+
+def refusal(call):
+    try:
+        call()
+    except openai.APIStatusError as e:
+        return {"status": e.status_code, "param": e.param, "type": e.type, "message": e.message}
+    return {"status": 200}
+
+
+def main():
+    api = client()
+    emit("MODELS", [m.id for m in api.models.list()])
+
+    whole = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=24, temperature=0)
+    emit("CHAT", whole.model_dump())
+    emit("CHAT_STREAM", streamed_chat(
+        api, max_tokens=24, temperature=0, stream_options={"include_usage": True}))
+    emit("CHAT_STREAM_NO_USAGE", streamed_chat(api, max_tokens=24, temperature=0))
+
+    prompt = "The capital of France is"
+    text = api.completions.create(model="small", prompt=prompt, max_tokens=24, temperature=0)
+    emit("COMPLETION", text.model_dump())
+    pieces = [c.choices[0].text for c in api.completions.create(
+        model="small", prompt=prompt, max_tokens=24, temperature=0, stream=True) if c.choices]
+    emit("COMPLETION_STREAM", pieces)
+
+    # A stop text taken from the middle of the greedy text ends the same text right before it.
+    greedy = text.choices[0].text
+    stop = greedy[len(greedy) // 2:len(greedy) // 2 + 3]
+    stopped = api.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=[stop, "\u2603"])
+    emit("STOP", {"stop": stop, "greedy": greedy, "text": stopped.choices[0].text,
+                  "finish": stopped.choices[0].finish_reason})
+    length = api.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0)
+    emit("LENGTH", {"finish": length.choices[0].finish_reason, "usage": length.usage.model_dump()})
+
+    emit("REFUSED_N", refusal(lambda: api.chat.completions.create(model=MODEL, messages=CHAT, n=2)))
+    emit("REFUSED_LOGPROBS", refusal(lambda: api.chat.completions.create(model=MODEL, messages=CHAT, logprobs=True)))
+    emit("REFUSED_UNKNOWN", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=CHAT, extra_body={"mirostat": 2})))
+    emit("REFUSED_TYPE", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, max_tokens=-1)))
+    emit("REFUSED_CONTEXT", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, max_tokens=100000)))
+    emit("REFUSED_MODEL", refusal(lambda: api.completions.create(model="no-such-model", prompt=prompt)))
+
+
+def abort():
+    api = client()
+    stream = api.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+        max_tokens=2000, temperature=0, stream=True)
+    seen = 0
+    for chunk in stream:
+        seen += 1
+        if seen == 3:
+            break
+    stream.close()
+    emit("ABORTED", seen)
+    after = api.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    emit("AFTER", {"finish": after.choices[0].finish_reason, "usage": after.usage.model_dump()})
+
+
+def auth():
+    emit("WRONG_KEY", refusal(lambda: client("wrong").models.list()))
+    served = client().completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
+    emit("RIGHT_KEY", {"finish": served.choices[0].finish_reason})
+
+
+def three():
+    api = client()
+    for n in (5, 7):
+        done = api.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=n, temperature=0)
+        emit("USAGE", done.usage.model_dump())
+    for chunk in api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=9, temperature=0, stream=True,
+                                             stream_options={"include_usage": True}):
+        if chunk.usage:
+            emit("USAGE", chunk.usage.model_dump())
+
+
+def metrics():
+    request = urllib.request.Request(f"{BASE}/metrics")
+    if KEY != "unused":
+        request.add_header("Authorization", f"Bearer {KEY}")
+    with urllib.request.urlopen(request) as response:
+        content_type = response.headers["Content-Type"]
+        text = response.read().decode()
+    samples = []
+    families = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = family.type
+        for sample in family.samples:
+            samples.append({"name": sample.name, "labels": sample.labels, "value": sample.value})
+    emit("METRICS", {"content_type": content_type, "families": families, "samples": samples})
+
+
+{"main": main, "abort": abort, "auth": auth, "three": three, "metrics": metrics}[MODE]()

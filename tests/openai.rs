@@ -1,0 +1,253 @@
+//! The OpenAI-compatible API and `/metrics` of `wick serve`, driven by the official `openai`
+//! Python SDK and read back with `prometheus_client`'s own parser (tests/clients/openai_client.py).
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::process::{ServerProcess, client_script, python};
+use serde_json::Value;
+
+/// What the client printed, by kind; a kind printed several times keeps every value.
+fn run(base: &str, mode: &str, key: Option<&str>) -> HashMap<String, Vec<Value>> {
+    let mut command = Command::new(python());
+    command
+        .arg(client_script("openai_client.py"))
+        .args([base, mode])
+        .args(key);
+    let output = command.output().expect("the client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut seen: HashMap<String, Vec<Value>> = HashMap::new();
+    for (kind, json) in stdout.lines().filter_map(|line| line.split_once(' ')) {
+        let value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{kind}: {e}: {json}"));
+        seen.entry(kind.to_string()).or_default().push(value);
+    }
+    seen
+}
+
+fn one<'a>(seen: &'a HashMap<String, Vec<Value>>, kind: &str) -> &'a Value {
+    &seen
+        .get(kind)
+        .unwrap_or_else(|| panic!("no {kind} in {seen:?}"))[0]
+}
+
+fn joined(pieces: &Value) -> String {
+    pieces
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| p.as_str().expect("text"))
+        .collect()
+}
+
+fn assert_refused(refusal: &Value, status: u64, param: &str) {
+    assert_eq!(refusal["status"], status, "{refusal}");
+    assert_eq!(refusal["param"], param, "{refusal}");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(param)),
+        "the message names `{param}`: {refusal}"
+    );
+}
+
+#[test]
+fn openai_sdk_chat_and_completions() {
+    let server = ServerProcess::serve(&[]);
+    let seen = run(&server.base, "main", None);
+
+    let models = one(&seen, "MODELS");
+    assert!(
+        models
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("smollm2-135m-instruct-q4_1")),
+        "{models}"
+    );
+
+    // Streamed deltas join to the non-streamed greedy reply; usage comes in its own last chunk.
+    let chat = one(&seen, "CHAT");
+    let choice = &chat["choices"][0];
+    assert_eq!(chat["object"], "chat.completion");
+    assert_eq!(chat["model"], "smollm2-135m-instruct-q4_1");
+    assert_eq!(choice["message"]["role"], "assistant");
+    let stream = one(&seen, "CHAT_STREAM");
+    assert_eq!(joined(&stream["deltas"]), choice["message"]["content"]);
+    assert!(stream["deltas"].as_array().unwrap().len() > 3, "{stream}");
+    assert_eq!(
+        stream["roles"][0], "assistant",
+        "the first chunk has the role"
+    );
+    assert_eq!(
+        stream["finish"],
+        serde_json::json!([choice["finish_reason"]])
+    );
+    assert_eq!(stream["usage"], serde_json::json!([chat["usage"]]));
+    assert_eq!(stream["usage_chunk_choices"], serde_json::json!([0]));
+    assert_eq!(stream["ids"].as_array().unwrap().len(), 1, "{stream}");
+    assert_eq!(
+        stream["objects"],
+        serde_json::json!(["chat.completion.chunk"])
+    );
+    let without_usage = one(&seen, "CHAT_STREAM_NO_USAGE");
+    assert_eq!(without_usage["usage"], serde_json::json!([]));
+    assert_eq!(without_usage["deltas"], stream["deltas"]);
+
+    let completion = one(&seen, "COMPLETION");
+    let text = completion["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(completion["object"], "text_completion");
+    assert!(text.contains("Paris"), "{completion}");
+    assert_eq!(joined(one(&seen, "COMPLETION_STREAM")), text);
+    assert_eq!(completion["usage"]["completion_tokens"], 24, "{completion}");
+
+    // `stop` ends the same greedy text just before the stop text.
+    let stop = one(&seen, "STOP");
+    let (greedy, stop_text) = (
+        stop["greedy"].as_str().unwrap(),
+        stop["stop"].as_str().unwrap(),
+    );
+    let cut = greedy
+        .find(stop_text)
+        .expect("the stop text comes from the greedy text");
+    assert_eq!(stop["text"], greedy[..cut], "{stop}");
+    assert_eq!(stop["finish"], "stop");
+
+    let length = one(&seen, "LENGTH");
+    assert_eq!(length["finish"], "length");
+    assert_eq!(length["usage"]["completion_tokens"], 5);
+
+    assert_refused(one(&seen, "REFUSED_N"), 400, "n");
+    assert_refused(one(&seen, "REFUSED_LOGPROBS"), 400, "logprobs");
+    assert_refused(one(&seen, "REFUSED_UNKNOWN"), 400, "mirostat");
+    assert_refused(one(&seen, "REFUSED_TYPE"), 400, "max_tokens");
+    let context = one(&seen, "REFUSED_CONTEXT");
+    assert_eq!(context["status"], 400, "{context}");
+    let message = context["message"].as_str().unwrap();
+    assert!(
+        message.contains("100000") && message.contains("8192"),
+        "{message}"
+    );
+    assert_refused(one(&seen, "REFUSED_MODEL"), 404, "model");
+    assert_eq!(server.stats()["active"], 0);
+}
+
+/// The client abandons a long stream after 3 chunks: the engine stops that generation (seen in
+/// its counters) and, with one slot, the next request runs.
+#[test]
+fn openai_sdk_abandoned_stream_frees_its_slot() {
+    let server = ServerProcess::serve(&["--max-active", "1"]);
+    let seen = run(&server.base, "abort", None);
+    assert_eq!(one(&seen, "ABORTED"), 3);
+    assert_eq!(one(&seen, "AFTER")["finish"], "length");
+    let mut stats = server.stats();
+    for _ in 0..100 {
+        if stats["cancelled"] == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        stats = server.stats();
+    }
+    assert_eq!(stats["cancelled"], 1, "{stats}");
+    assert!(
+        stats["tokens"].as_u64().unwrap() < 200,
+        "the abandoned stream kept generating: {stats}"
+    );
+}
+
+#[test]
+fn openai_sdk_needs_the_bearer_key() {
+    let server = ServerProcess::serve(&["--api-key", "s3cret"]);
+    let seen = run(&server.base, "auth", Some("s3cret"));
+    assert_eq!(one(&seen, "WRONG_KEY")["status"], 401);
+    assert_eq!(one(&seen, "RIGHT_KEY")["finish"], "length");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", server.base)).unwrap();
+    assert_eq!(metrics.status(), 401, "/metrics needs the key too");
+}
+
+#[test]
+fn metrics_public_opens_only_metrics() {
+    let server = ServerProcess::serve(&["--api-key", "s3cret", "--metrics-public"]);
+    let get = |path: &str| {
+        reqwest::blocking::get(format!("{}{path}", server.base))
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get("/metrics"), 200);
+    assert_eq!(get("/v1/models"), 401);
+}
+
+/// `/metrics` parses with Prometheus' own parser, and its counters add up to the requests' usage.
+#[test]
+fn metrics_count_what_ran() {
+    let server = ServerProcess::serve(&[]);
+    let usages = run(&server.base, "three", None)["USAGE"].clone();
+    assert_eq!(usages.len(), 3);
+    let sum = |field: &str| -> f64 { usages.iter().map(|u| u[field].as_f64().unwrap()).sum() };
+    let seen = run(&server.base, "metrics", None);
+    let metrics = one(&seen, "METRICS");
+    assert!(
+        metrics["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{metrics}"
+    );
+    let families = &metrics["families"];
+    for (name, kind) in [
+        ("wick:num_requests_running", "gauge"),
+        ("wick:num_requests_waiting", "gauge"),
+        ("wick:kv_cache_usage_bytes", "gauge"),
+        ("wick:kv_cache_capacity_bytes", "gauge"),
+        ("wick:requests", "counter"),
+        ("wick:prompt_tokens", "counter"),
+        ("wick:generation_tokens", "counter"),
+        ("wick:time_to_first_token_seconds", "histogram"),
+        ("wick:inter_token_latency_seconds", "histogram"),
+        ("wick:e2e_request_latency_seconds", "histogram"),
+        ("wick:request_queue_time_seconds", "histogram"),
+    ] {
+        assert_eq!(families[name], kind, "{name}: {families}");
+    }
+    let samples = metrics["samples"].as_array().unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s["name"] == name)
+            .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .map(|s| s["value"].as_f64().unwrap())
+            .sum()
+    };
+    let model = ("model_name", "smollm2-135m-instruct-q4_1");
+    assert_eq!(
+        value("wick:generation_tokens_total", &[model]),
+        sum("completion_tokens")
+    );
+    assert_eq!(
+        value("wick:prompt_tokens_total", &[model]),
+        sum("prompt_tokens")
+    );
+    let openai = [model, ("frontend", "openai"), ("outcome", "length")];
+    assert_eq!(value("wick:requests_total", &openai), 3.0);
+    for histogram in [
+        "wick:time_to_first_token_seconds_count",
+        "wick:e2e_request_latency_seconds_count",
+        "wick:request_queue_time_seconds_count",
+    ] {
+        assert_eq!(value(histogram, &[model]), 3.0, "{histogram}");
+    }
+    // Every token after a request's first is one inter-token interval.
+    assert_eq!(
+        value("wick:inter_token_latency_seconds_count", &[model]),
+        sum("completion_tokens") - 3.0
+    );
+    assert_eq!(value("wick:num_requests_running", &[model]), 0.0);
+    assert_eq!(value("wick:num_requests_waiting", &[model]), 0.0);
+    assert_eq!(value("wick:kv_cache_usage_bytes", &[model]), 0.0);
+    assert!(value("wick:kv_cache_capacity_bytes", &[model]) > 0.0);
+}
