@@ -33,6 +33,7 @@ const SERVE_SCENARIOS: &[&str] = &[
     "dns-rebinding-protection",
     "server-sse-multiple-streams",
     "tools-list",
+    "http-custom-header-server-validation",
 ];
 
 /// Run on the fixture server besides the revision's required list: scenarios the requirements

@@ -251,3 +251,52 @@ fn metrics_count_what_ran() {
     assert_eq!(value("wick:kv_cache_usage_bytes", &[model]), 0.0);
     assert!(value("wick:kv_cache_capacity_bytes", &[model]) > 0.0);
 }
+
+/// With its one slot and one queue place taken, the server answers 429 with `Retry-After` in
+/// OpenAI's error shape, and counts the refusal.
+#[test]
+fn a_full_queue_is_a_429_with_retry_after() {
+    let server = ServerProcess::serve(&["--max-active", "1", "--queue-limit", "1"]);
+    let http = reqwest::blocking::Client::new();
+    let url = format!("{}/v1/completions", server.base);
+    let long = serde_json::json!({ "prompt": "1, 2, 3,", "max_tokens": 4000, "stream": true });
+    let wait_for = |key: &str| {
+        for _ in 0..600 {
+            if server.stats()[key] == 1 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("no request became {key}: {}", server.stats());
+    };
+    let running = http.post(&url).json(&long).send().unwrap();
+    wait_for("active");
+    let waiting = http.post(&url).json(&long).send().unwrap();
+    wait_for("queued");
+    let refused = http
+        .post(&url)
+        .json(&serde_json::json!({ "prompt": "Hi", "max_tokens": 4 }))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body: Value = refused.json().unwrap();
+    assert_eq!(body["error"]["code"], "server_busy", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--queue-limit"),
+        "{body}"
+    );
+    drop((running, waiting));
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap();
+    assert!(
+        metrics.contains(r#"frontend="openai",outcome="busy"} 1"#),
+        "{metrics}"
+    );
+}

@@ -17,25 +17,48 @@ fn sigterm(server: &ServerProcess) {
 }
 
 #[test]
-fn sigterm_lets_a_running_stream_finish_then_exits() {
+fn sigterm_drains_lets_a_running_stream_finish_then_exits() {
     // A long grace period: the point is that the stream ends by itself, however busy the machine.
     let mut server = ServerProcess::serve(&["--shutdown-grace", "600"]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (result, streamed) = runtime.block_on(stream_through_sigterm(&server));
+    let (result, streamed, health) = runtime.block_on(stream_through_sigterm(&server, 60));
+    // Draining: still answering, but /health says 503 so that load balancers stop sending.
+    assert_eq!(health, (503, json!({ "status": "draining" })));
     // The generation ran to its own end, and every token reached the client.
     let finish = &result["structuredContent"]["finish_reason"];
     assert!(finish == "length" || finish == "stop", "{result}");
+    assert_eq!(result["isError"], false, "{result}");
     assert_eq!(result["structuredContent"]["text"], streamed.as_str());
     let status = server.child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
 }
 
-/// Streams a generation, sending SIGTERM after the third token; returns the result and the
-/// text of the progress notifications.
-async fn stream_through_sigterm(server: &ServerProcess) -> (Value, String) {
+#[test]
+fn a_generation_past_the_grace_period_ends_with_an_error() {
+    let mut server = ServerProcess::serve(&["--shutdown-grace", "1"]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (result, streamed, _) = runtime.block_on(stream_through_sigterm(&server, 4000));
+    // Cut off: a result, not a silently closed stream, that says why and keeps the partial text.
+    assert_eq!(result["isError"], true, "{result}");
+    let message = result["content"][0]["text"].as_str().unwrap();
+    assert!(message.contains("--shutdown-grace"), "{message}");
+    assert_eq!(result["structuredContent"]["finish_reason"], "cancelled");
+    assert_eq!(result["structuredContent"]["text"], streamed.as_str());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Streams a generation of up to `max_tokens`, sending SIGTERM after the third token and then
+/// asking /health; returns the result, the text of the progress notifications and what /health
+/// answered.
+async fn stream_through_sigterm(
+    server: &ServerProcess,
+    max_tokens: usize,
+) -> (Value, String, (u16, Value)) {
     let request = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "generate",
-        "arguments": {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 60, "temperature": 0},
+        "arguments": {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": max_tokens,
+                      "temperature": 0, "repeat_penalty": 1.0},
         "_meta": {"progressToken": "t", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
                   "io.modelcontextprotocol/clientCapabilities": {}}}});
     let response = reqwest::Client::new()
@@ -49,7 +72,7 @@ async fn stream_through_sigterm(server: &ServerProcess) -> (Value, String) {
         .await
         .unwrap();
     let mut body = response.bytes_stream();
-    let (mut buffer, mut progress, mut signalled) = (String::new(), 0, false);
+    let (mut buffer, mut progress, mut health) = (String::new(), 0, None);
     let mut streamed = String::new();
     let result = 'read: loop {
         let chunk = body
@@ -67,17 +90,31 @@ async fn stream_through_sigterm(server: &ServerProcess) -> (Value, String) {
             if message["method"] == "notifications/progress" {
                 progress += 1;
                 streamed.push_str(message["params"]["message"].as_str().unwrap());
-                if progress == 3 && !signalled {
+                if progress == 3 && health.is_none() {
                     sigterm(server);
-                    signalled = true;
+                    health = Some(health_after_sigterm(server).await);
                 }
             } else if message.get("result").is_some() {
                 break 'read message["result"].clone();
             }
         }
     };
-    assert!(signalled);
-    (result, streamed)
+    (result, streamed, health.expect("SIGTERM was sent"))
+}
+
+/// /health once the server has seen the signal (it answers 200 until then).
+async fn health_after_sigterm(server: &ServerProcess) -> (u16, Value) {
+    let url = format!("{}/health", server.base);
+    for _ in 0..200 {
+        let response = reqwest::get(&url).await.expect("still accepting");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap();
+        if status != 200 {
+            return (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("/health kept answering 200 after SIGTERM");
 }
 
 #[test]

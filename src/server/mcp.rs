@@ -30,7 +30,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::ServerState;
-use super::metrics::{Frontend, Outcome};
+use super::metrics::Frontend;
 use crate::engine::{
     ChatMessage, FinishReason, GenerateRequest, ModelStatus, SamplingParams, Summary, TokenEvent,
 };
@@ -57,6 +57,10 @@ pub struct GenerationOptions {
     /// The model: a size tier (`small`, `medium`, `large`), a tier and backend
     /// (`medium/huggingface`), or a registry name (see `list_models`). Loaded on first use.
     /// Default: the model the server started with.
+    // 2026-era clients mirror it into an `Mcp-Param-Model` header (SEP-2243) that load balancers
+    // route on without reading bodies; rmcp checks that header against this argument. Headers
+    // mirror only primitive-typed arguments: a plain `string` (absent means the default).
+    #[schemars(extend("x-mcp-header" = "Model", "type" = "string"))]
     pub model: Option<String>,
 }
 
@@ -204,10 +208,11 @@ impl WickMcp {
             .unwrap_or(Frontend::Mcp);
         let metrics = &self.state.metrics;
         let total = request.params.max_tokens as f64;
-        let mut tokens = match engine.generate(request.with_cancel(ctx.ct.clone())) {
+        let (cancel, _link) = self.state.generation_token(&ctx.ct);
+        let mut tokens = match engine.generate(request.with_cancel(cancel)) {
             Ok(tokens) => metrics.observe(&engine, frontend, tokens),
             Err(e @ Error::Busy { .. }) => {
-                metrics.refused(&engine, frontend, Outcome::Busy);
+                metrics.refused(&engine, frontend, &e);
                 return Err(McpError::new(
                     ErrorCode(-32000),
                     e.to_string(),
@@ -215,7 +220,7 @@ impl WickMcp {
                 ));
             }
             Err(e) => {
-                metrics.refused(&engine, frontend, Outcome::Error);
+                metrics.refused(&engine, frontend, &e);
                 return Ok(tool_error(&e));
             }
         };
@@ -241,20 +246,30 @@ impl WickMcp {
                 TokenEvent::Done(done) => summary = Some(done),
             }
         }
-        let summary =
+        let mut summary =
             summary.unwrap_or_else(|| Summary::failed("the generation ended without a summary"));
         if summary.finish_reason == FinishReason::Cancelled {
-            tracing::info!(
-                tokens = summary.completion_tokens,
-                "generation cancelled by the client"
-            );
+            if self.state.cut_off() {
+                summary.error = Some(CUT_OFF.to_string());
+            } else {
+                tracing::info!(
+                    tokens = summary.completion_tokens,
+                    "generation cancelled by the client"
+                );
+            }
         }
         Ok(result(text, summary, &engine.info().name))
     }
 }
 
+/// Why a call still running when a shutdown's grace period ended has no complete result.
+const CUT_OFF: &str = "the server is shutting down and cut this generation off at the end of \
+                       its grace period (--shutdown-grace); the partial text is in the structured \
+                       result; retry on another replica";
+
+/// The tool result of a generation: its text, or its error (a failure, or a cut-off partial
+/// text), with the structured result either way.
 fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
-    let failed = summary.finish_reason == FinishReason::Error;
     let structured = GenerationResult {
         text: text.clone(),
         finish_reason: summary.finish_reason,
@@ -264,15 +279,13 @@ fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
         tokens_per_second: summary.decode_tokens_per_second,
         model: model.to_string(),
     };
-    let mut result = if failed {
-        let message = summary
-            .error
-            .unwrap_or_else(|| "generation failed".to_string());
-        CallToolResult::error(vec![ContentBlock::text(format!(
-            "generation failed: {message}"
-        ))])
-    } else {
-        CallToolResult::success(vec![ContentBlock::text(text)])
+    let mut result = match (summary.finish_reason, summary.error) {
+        (FinishReason::Error, error) => CallToolResult::error(vec![ContentBlock::text(format!(
+            "generation failed: {}",
+            error.as_deref().unwrap_or("unknown error")
+        ))]),
+        (_, Some(error)) => CallToolResult::error(vec![ContentBlock::text(error)]),
+        (_, None) => CallToolResult::success(vec![ContentBlock::text(text)]),
     };
     result.structured_content = serde_json::to_value(structured).ok();
     result

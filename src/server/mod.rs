@@ -83,6 +83,9 @@ pub type HealthCheck = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
 /// How a running server is wound down.
 #[derive(Clone, Default)]
 pub struct Shutdown {
+    /// Cancelled when a shutdown's grace period is over: generations still running end as
+    /// cancelled, and their callers are told that the server cut them off.
+    pub cut_off: CancellationToken,
     /// Cancelling it ends every MCP session and long-lived event stream.
     pub sessions: CancellationToken,
     /// Every POST response until its body has been sent whole: a tool call's stream ends only

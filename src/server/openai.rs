@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::ServerState;
-use super::metrics::{Frontend, Outcome};
+use super::metrics::Frontend;
 use crate::engine::{
     ChatMessage, FinishReason, GenerateRequest, Input, SamplingParams, Summary, TokenEvent,
 };
@@ -444,16 +444,12 @@ async fn generate(
     // Cut off, like MCP calls, when a shutdown's grace period is over.
     let request = GenerateRequest::new(input)
         .with_params(options.params())
-        .with_cancel(state.shutdown.sessions.child_token());
+        .with_cancel(state.shutdown.cut_off.child_token());
     let metrics = &state.metrics;
     let tokens = match engine.generate(request) {
         Ok(tokens) => metrics.observe(&engine, Frontend::Openai, tokens),
         Err(e) => {
-            let outcome = match e {
-                Error::Busy { .. } => Outcome::Busy,
-                _ => Outcome::Error,
-            };
-            metrics.refused(&engine, Frontend::Openai, outcome);
+            metrics.refused(&engine, Frontend::Openai, &e);
             return Err(e.into());
         }
     };
@@ -562,7 +558,8 @@ fn failure(summary: &Summary) -> Option<ApiError> {
         // The client is still here, so the server cut the generation off.
         FinishReason::Cancelled => Some(ApiError::server(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and cut this generation off; retry on another replica"
+            "the server is shutting down and cut this generation off at the end of its grace \
+             period (--shutdown-grace); retry on another replica"
                 .into(),
         )),
         FinishReason::Error => Some(ApiError::server(

@@ -1,5 +1,6 @@
 //! Running the server as `wick serve` does: bind, load the default model, serve, and on
-//! SIGINT/SIGTERM stop accepting, let running generations finish, then close every stream.
+//! SIGINT/SIGTERM drain: report 503 on `/health`, let running generations finish within the
+//! grace period (cutting off the rest with an error), then close every stream and exit.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,32 +83,44 @@ pub async fn serve_models(
         _ = shutdown_signal() => {}
         result = &mut server => return Ok(result.map_err(std::io::Error::other)??),
     }
+    // Draining: /health answers 503 at once so that load balancers stop sending, while the
+    // server keeps accepting and finishes what it has (and what arrives before they notice).
     draining.store(true, Ordering::Relaxed);
-    stop_accepting.cancel();
     state.in_flight.close();
+    shutdown.responses.close();
     tracing::info!(
         running = state.in_flight.len(),
-        "shutting down: letting running generations finish (up to {}s; Ctrl-C again stops now)",
+        "draining: /health answers 503; letting running generations finish (up to {}s; Ctrl-C \
+         again stops now)",
         options.shutdown_grace.as_secs()
     );
     // Running tool calls finish, then their responses (final results included) are sent whole.
-    shutdown.responses.close();
-    let finished = async {
+    let finished = || async {
         state.in_flight.wait().await;
         shutdown.responses.wait().await;
     };
     tokio::select! {
-        _ = finished => {}
-        _ = tokio::time::sleep(options.shutdown_grace) => tracing::warn!("grace period over; cancelling the rest"),
+        _ = finished() => {}
+        _ = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!("grace period over; cutting off the generations still running");
+            // Each ends at its next token and its caller gets an error saying so (the partial
+            // text marked cancelled), delivered before the streams close.
+            shutdown.cut_off.cancel();
+            let _ = tokio::time::timeout(CUT_OFF_DELIVERY, finished()).await;
+        }
         _ = shutdown_signal() => tracing::warn!("stopping now"),
     }
+    stop_accepting.cancel();
     shutdown.sessions.cancel();
     server.await.map_err(std::io::Error::other)??;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// 503 while loading or shutting down; then 200 with each loaded model and its counters.
+/// How long cut-off generations get to deliver their error after the grace period.
+const CUT_OFF_DELIVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// 503 while loading or draining; otherwise 200 with each loaded model and its counters.
 fn health_check(
     manager: Arc<ModelManager>,
     loaded: Arc<OnceLock<ModelInfo>>,
@@ -115,7 +128,7 @@ fn health_check(
 ) -> HealthCheck {
     Arc::new(move || {
         let default_model = match (loaded.get(), draining.load(Ordering::Relaxed)) {
-            (_, true) => return (false, serde_json::json!({ "status": "shutting down" })),
+            (_, true) => return (false, serde_json::json!({ "status": "draining" })),
             (None, _) => return (false, serde_json::json!({ "status": "loading" })),
             (Some(model), _) => model.name.clone(),
         };

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use tokio_util::task::TaskTracker;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use super::Shutdown;
 use super::metrics::Metrics;
@@ -36,6 +37,27 @@ impl ServerState {
             shutdown: Shutdown::default(),
             metrics: Arc::default(),
         }
+    }
+
+    /// The cancellation token of one generation: cancelled when `caller` is (the client
+    /// cancelled or went away) or when a shutdown's grace period ends. The link lasts as long as
+    /// the returned handle.
+    pub fn generation_token(
+        &self,
+        caller: &CancellationToken,
+    ) -> (CancellationToken, AbortOnDropHandle<()>) {
+        let token = self.shutdown.cut_off.child_token();
+        let (link, caller) = (token.clone(), caller.clone());
+        let handle = tokio::spawn(async move {
+            caller.cancelled().await;
+            link.cancel();
+        });
+        (token, AbortOnDropHandle::new(handle))
+    }
+
+    /// True once a shutdown's grace period is over.
+    pub fn cut_off(&self) -> bool {
+        self.shutdown.cut_off.is_cancelled()
     }
 
     /// The model a request's `model` field names (a tier, `tier/backend` or a registry name),
