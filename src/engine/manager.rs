@@ -100,8 +100,12 @@ impl ModelManager {
         let slot = self.slot(&model.key());
         let engine = slot
             .get_or_try_init(|| async {
-                // The device first: one that cannot be used fails before any download.
-                let device = self.options.device.resolve()?;
+                // The device first: one that cannot be used fails before any download. (Opening
+                // a GPU blocks for a while, so off the async workers.)
+                let choice = self.options.device;
+                let device = tokio::task::spawn_blocking(move || choice.resolve())
+                    .await
+                    .map_err(|e| crate::Error::Io(std::io::Error::other(e)))??;
                 tracing::info!("loading {model}");
                 let files = resolve::fetch_files(&model, &self.fetcher).await?;
                 let options = self.options.clone();
