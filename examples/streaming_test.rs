@@ -1,6 +1,8 @@
 //! Streams generations and reports what a user of the stream experiences, per run: time to
 //! first token, inter-token latency (median and p95, measured where the tokens arrive), and
-//! prefill and decode tokens/s. `--backend all` compares the backends of one tier in one table.
+//! prefill and decode tokens/s. `--backend all` compares the backends of one tier in one table;
+//! a backend that fails gets a row saying why, the others still run, and the exit status says
+//! that one failed.
 //!
 //!     cargo run --release --example streaming_test -- --model-size medium --backend huggingface
 //!     cargo run --release --example streaming_test -- --backend all --runs 3
@@ -43,6 +45,12 @@ struct Run {
     decode: f64,
 }
 
+/// A table row: a measured run, or a backend that could not run.
+enum Row {
+    Run(Run),
+    Failed { backend: Backend, error: String },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -57,33 +65,63 @@ async fn main() -> anyhow::Result<()> {
         ..LoadOptions::default()
     };
     let manager = ModelManager::new(config);
-    let mut results = Vec::new();
+    let mut rows = Vec::new();
     for backend in backends {
-        let engine = manager
-            .get(&ModelSelector::Tier {
-                tier: args.model_size,
-                backend,
-            })
-            .await?;
-        eprintln!(
-            "{} on {} ({})",
-            engine.info().name,
-            engine.info().device,
-            engine.info().dtype
-        );
-        for run in 1..=args.runs {
-            let request =
-                GenerateRequest::prompt(args.prompt.clone()).with_params(SamplingParams {
-                    ignore_eos: true,
-                    ..SamplingParams::greedy(args.max_tokens)
+        match measure(&manager, &args, backend).await {
+            Ok(runs) => rows.extend(runs.into_iter().map(Row::Run)),
+            Err(e) => {
+                eprintln!("{backend}: {e:#}");
+                rows.push(Row::Failed {
+                    backend,
+                    error: format!("{e:#}"),
                 });
-            let start = Instant::now();
-            let mut arrivals = Vec::new();
-            let mut tokens = engine.generate(request)?;
-            while let Some(event) = tokens.next().await {
-                match event {
-                    TokenEvent::Token(_) => arrivals.push(Instant::now()),
-                    TokenEvent::Done(summary) => results.push(Run {
+            }
+        }
+    }
+    print_table(&rows);
+    let failed = rows
+        .iter()
+        .filter(|r| matches!(r, Row::Failed { .. }))
+        .count();
+    anyhow::ensure!(failed == 0, "{failed} backend(s) failed; see the table");
+    Ok(())
+}
+
+/// Every run of one backend.
+async fn measure(
+    manager: &ModelManager,
+    args: &Args,
+    backend: Backend,
+) -> anyhow::Result<Vec<Run>> {
+    let engine = manager
+        .get(&ModelSelector::Tier {
+            tier: args.model_size,
+            backend,
+        })
+        .await?;
+    eprintln!(
+        "{} on {} ({})",
+        engine.info().name,
+        engine.info().device,
+        engine.info().dtype
+    );
+    let mut results = Vec::new();
+    for run in 1..=args.runs {
+        let request = GenerateRequest::prompt(args.prompt.clone()).with_params(SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::greedy(args.max_tokens)
+        });
+        let start = Instant::now();
+        let mut arrivals = Vec::new();
+        let mut tokens = engine.generate(request)?;
+        while let Some(event) = tokens.next().await {
+            match event {
+                TokenEvent::Token(_) => arrivals.push(Instant::now()),
+                TokenEvent::Done(summary) => {
+                    if let Some(error) = summary.error {
+                        anyhow::bail!("run {run} failed: {error}");
+                    }
+                    results.push(Run {
                         backend,
                         run,
                         tokens: summary.completion_tokens,
@@ -91,13 +129,12 @@ async fn main() -> anyhow::Result<()> {
                         itl: arrivals.windows(2).map(|w| w[1] - w[0]).collect(),
                         prefill: summary.prefill_tokens_per_second,
                         decode: summary.decode_tokens_per_second,
-                    }),
+                    })
                 }
             }
         }
     }
-    print_table(&results);
-    Ok(())
+    Ok(results)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -107,7 +144,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn print_table(results: &[Run]) {
+fn print_table(rows: &[Row]) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "{:<12} {:>4} {:>7} {:>10} {:>12} {:>12} {:>14} {:>13}",
@@ -120,7 +157,16 @@ fn print_table(results: &[Run]) {
         "prefill tok/s",
         "decode tok/s"
     );
-    for r in results {
+    for row in rows {
+        let r = match row {
+            Row::Run(r) => r,
+            Row::Failed { backend, error } => {
+                // The first line of the error keeps the table readable; stderr has all of it.
+                let first = error.lines().next().unwrap_or_default();
+                println!("{:<12} failed: {first}", backend.to_string());
+                continue;
+            }
+        };
         let mut itl = r.itl.clone();
         itl.sort();
         println!(

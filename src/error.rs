@@ -102,10 +102,11 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    #[error("cannot listen on {addr}: {source}; is another server using the port? (--port)")]
+    /// The OS error is part of the message, not a `source`: error chains would print it twice.
+    #[error("cannot listen on {addr}: {error}; is another server using the port? (--port)")]
     Listen {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{}", candle_message(.0))]

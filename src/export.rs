@@ -96,7 +96,10 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     }
 
     std::fs::create_dir_all(out)?;
-    candle_core::safetensors::save(&tensors, out.join("model.safetensors"))?;
+    let weights = out.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &weights)?;
+    // safetensors writes through a private (0600) temporary file; the other files are 0644.
+    crate::fetch::usual_permissions(&weights)?;
     write_json(&out.join("config.json"), &config)?;
     write_json(&out.join("tokenizer_config.json"), &tokenizer_config)?;
     write_json(

@@ -173,3 +173,176 @@ fn pull_fetches_into_the_cache() {
         "{stdout}"
     );
 }
+
+/// `wick` with `args` and `env`, without the caller's `RUST_LOG`.
+fn wick_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("wick runs")
+}
+
+#[test]
+fn an_unusable_cuda_device_is_reported_before_any_download() {
+    // Nothing cached and no Hub: any attempt to fetch the model would fail with a fetch error.
+    let home = tempfile::tempdir().unwrap();
+    let hf_home = home.path().join("hf").display().to_string();
+    let cache = home.path().join("wick").display().to_string();
+    let out = wick_env(
+        &[
+            "generate",
+            "Hi",
+            "--device",
+            "cuda",
+            "--model-size",
+            "medium",
+        ],
+        &[
+            ("HF_HOME", &hf_home),
+            ("WICK_CACHE", &cache),
+            ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    if cfg!(feature = "cuda") {
+        // Without a GPU (as in CI's CUDA build) the device is named; with one, it loads and the
+        // offline fetch fails instead.
+        if stderr.contains("not usable") {
+            assert!(!stderr.contains("could not fetch"), "{stderr}");
+        }
+    } else {
+        assert!(stderr.contains("built without CUDA support"), "{stderr}");
+        assert!(!stderr.contains("could not fetch"), "{stderr}");
+    }
+}
+
+#[test]
+fn auto_device_says_why_it_runs_on_the_cpu() {
+    let out = wick_env(&["generate", "Hi", "--max-tokens", "1"], &[]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    if cfg!(feature = "cuda") {
+        assert!(
+            stderr.contains("running on the CPU") || stderr.contains("device=cuda"),
+            "{stderr}"
+        );
+    } else {
+        assert!(
+            stderr.contains("without CUDA support") && stderr.contains("running on the CPU"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_revision_with_a_registry_name_is_refused_with_the_repository_to_name() {
+    let out = wick(&[
+        "pull",
+        "--dry-run",
+        "--model",
+        "smollm2-135m-instruct",
+        "--revision",
+        "v2",
+    ]);
+    assert!(!out.status.success(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--revision")
+            && stderr.contains(
+                "--model HuggingFaceTB/SmolLM2-135M-Instruct --backend huggingface --revision v2"
+            ),
+        "{stderr}"
+    );
+    // Named by its repository, the revision is honoured.
+    let out = wick(&[
+        "pull",
+        "--dry-run",
+        "--model",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "--backend",
+        "huggingface",
+        "--revision",
+        "v2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("revision v2"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn quiet_prints_the_text_and_nothing_else() {
+    let out = wick_env(
+        &[
+            "-q",
+            "generate",
+            "The capital of France is",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "4",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Paris"), "{}", text(&out.stdout));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn an_empty_api_key_is_refused() {
+    for (args, env) in [
+        (vec!["serve", "--port", "0", "--api-key", ""], vec![]),
+        (vec!["serve", "--port", "0"], vec![("WICK_API_KEY", "")]),
+    ] {
+        let out = wick_env(&args, &env);
+        assert!(!out.status.success(), "{args:?} {env:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("API key is empty"), "{stderr}");
+        assert!(!text(&out.stdout).contains("MCP"), "{}", text(&out.stdout));
+    }
+}
+
+#[test]
+fn bench_with_nothing_to_measure_says_so() {
+    let out = wick(&["bench", "-p", "0", "-n", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("nothing to measure"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Exported files get the mode of any new file (0644 under the usual umask), safetensors too.
+#[cfg(unix)]
+#[test]
+fn exported_files_share_one_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = wick(&[
+        "export",
+        "--to",
+        "safetensors",
+        "--weights",
+        "f16",
+        "--out",
+        &out_dir.path().display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = |name: &str| {
+        std::fs::metadata(out_dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("model.safetensors"), mode("config.json"));
+    assert_eq!(mode("tokenizer.json"), mode("config.json"));
+}

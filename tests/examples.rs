@@ -78,16 +78,56 @@ async fn streaming_test_compares_the_backends() {
     }
 }
 
+/// A backend that cannot load gets a row saying so; the other is still measured.
+#[test]
+fn streaming_test_reports_a_failing_backend_and_goes_on() {
+    // No Hub and an empty Hub cache: the safetensors model cannot be fetched; the GGUF one
+    // comes from wick's own cache.
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new(example("streaming_test"));
+    command
+        .args([
+            "--backend",
+            "all",
+            "--max-tokens",
+            "4",
+            "--runs",
+            "1",
+            "--device",
+            "cpu",
+        ])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", home.path());
+    let output = command.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    let gguf: Vec<&str> = stdout.lines().filter(|l| l.starts_with("gguf")).collect();
+    assert_eq!(gguf.len(), 1, "{stdout}\n{stderr}");
+    assert_eq!(gguf[0].split_whitespace().nth(2), Some("4"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("huggingface") && l.contains("failed")),
+        "{stdout}\n{stderr}"
+    );
+}
+
 #[test]
 fn the_mcp_client_example_streams_from_the_mcp_server_example() {
     let mut command = Command::new(example("streamable_http_mcp_server"));
     command.args(["--port", "0"]);
     let server = ServerProcess::spawn(command);
     let client = example("streamable_http_mcp_client");
+    // A URL without a path gets the transport's endpoint.
     let cases = [
         (server.mcp(), "streamable", "2025-11-25"),
         (server.mcp(), "streamable", "2026-07-28"),
         (format!("{}/sse", server.base), "sse", "2025-11-25"),
+        (server.base.clone(), "sse", "2025-11-25"),
     ];
     for (url, transport, protocol) in cases {
         let mut command = Command::new(&client);

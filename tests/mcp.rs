@@ -535,6 +535,11 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("--max-body-bytes") && body.contains(&(4 << 20).to_string()),
+        "{body}"
+    );
     // No Accept header: 406.
     let response = http
         .post(server.mcp())

@@ -142,4 +142,29 @@ fn a_port_in_use_is_a_clear_error() {
         stderr.contains("cannot listen on") && stderr.contains("--port"),
         "{stderr}"
     );
+    // The OS's reason, once.
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_model_that_fails_to_load_is_never_announced_as_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, b"not a gguf file").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["serve", "--port", "0", "--model-path"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        stdout.contains("wick: loading") && stdout.contains("MCP will be at http://"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("serving MCP at"), "{stdout}");
+    assert!(stderr.contains("cannot load"), "{stderr}");
 }

@@ -6,6 +6,9 @@
 //!
 //!     cargo run --release --example streamable_http_mcp_client -- --url http://127.0.0.1:8080/mcp
 //!     cargo run --release --example streamable_http_mcp_client -- --transport sse --url http://127.0.0.1:8080/sse
+//!
+//! A URL without a path (`--url http://127.0.0.1:9000`, or none: port 8080) gets the transport's
+//! endpoint: `/mcp`, or `/sse` with `--transport sse`.
 
 mod legacy_sse;
 
@@ -40,7 +43,8 @@ enum Protocol {
 #[derive(Parser)]
 #[command(about = "Call wick's generate tool over MCP and print tokens as they arrive")]
 struct Args {
-    #[arg(long, default_value = "http://127.0.0.1:8080/mcp")]
+    /// The server's endpoint; without a path, the transport's own (`/mcp` or `/sse`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
     #[arg(long, value_enum, default_value = "streamable")]
     transport: Transport,
@@ -75,9 +79,28 @@ impl ClientHandler for TokenPrinter {
     }
 }
 
+impl Transport {
+    fn path(self) -> &'static str {
+        match self {
+            Transport::Streamable => "/mcp",
+            Transport::Sse => "/sse",
+        }
+    }
+}
+
+/// `url` with the transport's endpoint appended when it names only a server.
+fn endpoint(url: &str, transport: Transport) -> String {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    match after_scheme.split_once('/') {
+        Some((_, path)) if !path.is_empty() => url.to_string(),
+        _ => format!("{}{}", url.trim_end_matches('/'), transport.path()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    args.url = endpoint(&args.url, args.transport);
     let client: RunningService<RoleClient, TokenPrinter> = match (args.transport, args.protocol) {
         (Transport::Sse, _) => {
             TokenPrinter

@@ -78,6 +78,20 @@ pub struct BenchRow {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // Checked before the model loads: with nothing to measure there is no reason to wait.
+    if args.concurrency.is_empty() {
+        anyhow::ensure!(
+            args.n_prompt.iter().chain(&args.n_gen).any(|&n| n > 0),
+            "nothing to measure: every -p (prompt length) and -n (generation length) is 0; give \
+             one above 0, e.g. -p 512 -n 128"
+        );
+    } else {
+        anyhow::ensure!(
+            args.concurrency.iter().any(|&c| c > 0),
+            "nothing to measure: every --concurrency level is 0; give one above 0, e.g. \
+             --concurrency 1,8"
+        );
+    }
     // Every concurrent generation must run at once, not wait for a slot.
     let most = args.concurrency.iter().copied().max().unwrap_or(1);
     let manager = args.model.manager(LoadOptions {

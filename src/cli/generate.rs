@@ -28,7 +28,8 @@ pub struct GenerateArgs {
     pub sampling: SamplingArgs,
 }
 
-pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
+/// Prints the tokens on stdout, then the summary on stderr unless `quiet`.
+pub async fn run(args: GenerateArgs, quiet: bool) -> anyhow::Result<()> {
     let manager = args.model.manager(LoadOptions::default())?;
     let selector = args.model.selector();
     if args.dry_run {
@@ -56,7 +57,9 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<()> {
             }
             TokenEvent::Done(summary) => {
                 writeln!(stdout)?;
-                eprintln!("{summary}");
+                if !quiet {
+                    eprintln!("{summary}");
+                }
                 if let Some(error) = summary.error {
                     anyhow::bail!("generation failed: {error}");
                 }

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 use crate::engine::{
     DTypeChoice, DeviceChoice, LoadOptions, ManagerConfig, ModelManager, SamplingParams,
 };
-use crate::registry::{Backend, ModelSelector, Tier};
+use crate::registry::{Backend, ModelSelector, Registry, Tier};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,7 +23,8 @@ use crate::registry::{Backend, ModelSelector, Tier};
     about = "Run Hugging Face language models with candle and stream every token over MCP"
 )]
 pub struct Cli {
-    /// Only print errors (RUST_LOG overrides).
+    /// Only print errors: no log lines, and no summary line after `generate` (RUST_LOG
+    /// overrides the log filter).
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// CPU threads for the model's math (default: one per physical core).
@@ -134,15 +135,42 @@ impl ModelArgs {
         }
     }
 
-    /// A manager configured from the environment and these flags.
+    /// A manager configured from the environment and these flags, once the flags are known to
+    /// make sense together.
     pub fn manager(&self, load: LoadOptions) -> crate::Result<ModelManager> {
         let mut config = ManagerConfig::from_env()?;
+        self.check_revision(&config.registry)?;
         config.load = LoadOptions {
             device: self.device,
             dtype: self.dtype,
             ..load
         };
         Ok(ModelManager::new(config))
+    }
+}
+
+impl ModelArgs {
+    /// `--revision` with a registry name is refused rather than ignored: a registry model is
+    /// pinned to the revision its sha256 records and mirrors describe, so another revision is
+    /// asked for by naming the repository.
+    fn check_revision(&self, registry: &Registry) -> crate::Result<()> {
+        let (Some(revision), Some(name)) = (&self.revision, &self.model) else {
+            return Ok(());
+        };
+        if name.contains('/') {
+            return Ok(());
+        }
+        let entry = registry.by_name(name)?;
+        let instead = match (&entry.gguf_file, entry.backend) {
+            (Some(file), _) => format!("--model {}:{file}", entry.repo),
+            (None, backend) => format!("--model {} --backend {backend}", entry.repo),
+        };
+        Err(crate::Error::InvalidRequest(format!(
+            "--revision applies to a Hub repository, and `{name}` is a registry model pinned to \
+             revision {} of {}; for revision {revision}, name the repository: {instead} \
+             --revision {revision}",
+            entry.revision, entry.repo
+        )))
     }
 }
 
@@ -197,7 +225,7 @@ impl SamplingArgs {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging(cli.quiet);
     match cli.command {
-        Command::Generate(args) => generate::run(args).await,
+        Command::Generate(args) => generate::run(args, cli.quiet).await,
         Command::Pull(args) => models::pull(args).await,
         Command::Models(args) => models::list(args).await,
         Command::Serve(args) => serve::run(args).await,

@@ -45,6 +45,16 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // An empty key would turn authentication off; whoever set it meant to turn it on. (clap may
+    // drop an empty WICK_API_KEY before it reaches `api_key`, so the variable is read here too.)
+    let empty_env = std::env::var_os("WICK_API_KEY").is_some_and(|v| v.is_empty());
+    if args.api_key.as_deref().is_some_and(str::is_empty) || (args.api_key.is_none() && empty_env) {
+        anyhow::bail!(
+            "the API key is empty (--api-key or WICK_API_KEY), which would serve without \
+             authentication; give a key, or unset WICK_API_KEY and drop --api-key to serve \
+             without one"
+        );
+    }
     let manager = Arc::new(args.model.manager(args.engine.load_options())?);
     let options = ServerOptions {
         host: args.host,

@@ -69,6 +69,10 @@ impl DeviceChoice {
             }
             Self::Auto => {
                 if !cfg!(feature = "cuda") {
+                    tracing::info!(
+                        "this wick was built without CUDA support (cargo build --features cuda); \
+                         running on the CPU"
+                    );
                     return Ok(Device::Cpu);
                 }
                 match Device::new_cuda(0) {

@@ -100,14 +100,22 @@ impl ModelManager {
         let slot = self.slot(&model.key());
         let engine = slot
             .get_or_try_init(|| async {
+                // The device first: one that cannot be used fails before any download. (Opening
+                // a GPU blocks for a while, so off the async workers.)
+                let choice = self.options.device;
+                let device = tokio::task::spawn_blocking(move || choice.resolve())
+                    .await
+                    .map_err(|e| crate::Error::Io(std::io::Error::other(e)))??;
                 tracing::info!("loading {model}");
                 let files = resolve::fetch_files(&model, &self.fetcher).await?;
                 let options = self.options.clone();
                 let model = model.clone();
-                tokio::task::spawn_blocking(move || start::start_engine(&model, &files, &options))
-                    .await
-                    .map_err(|e| crate::Error::Io(std::io::Error::other(e)))?
-                    .map(Arc::new)
+                tokio::task::spawn_blocking(move || {
+                    start::start_engine(&model, &files, device, &options)
+                })
+                .await
+                .map_err(|e| crate::Error::Io(std::io::Error::other(e)))?
+                .map(Arc::new)
             })
             .await?;
         Ok(engine.clone())

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use candle_core::Device;
 use tokio::sync::mpsc;
 
 use super::chat::ChatTemplate;
@@ -43,13 +44,14 @@ impl Default for LoadOptions {
     }
 }
 
-/// Loads the files and starts the model's decode loop (blocking: run it off the async workers).
+/// Loads the files onto `device` (`options.device`, resolved) and starts the model's decode
+/// loop (blocking: run it off the async workers).
 pub(crate) fn start_engine(
     model: &ResolvedModel,
     files: &ModelFiles,
+    device: Device,
     options: &LoadOptions,
 ) -> Result<Engine> {
-    let device = options.device.resolve()?;
     let started = std::time::Instant::now();
     let loaded = match files {
         ModelFiles::Gguf {

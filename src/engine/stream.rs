@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+// These doc comments are also the MCP tools' schema descriptions: no intra-doc links.
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -18,7 +19,7 @@ pub enum FinishReason {
     Length,
     /// The caller dropped the stream or cancelled the request.
     Cancelled,
-    /// The engine failed; [`Summary::error`] says how.
+    /// The engine failed; the error message says how.
     Error,
 }
 

@@ -16,6 +16,7 @@ use crate::registry::FileSpec;
 
 pub use hub::HubConfig;
 pub use verify::sha256_hex;
+pub(crate) use verify::usual_permissions;
 
 /// A model repository at a revision, plus what the registry knows about its files.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -80,18 +80,73 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 /// Writes through a unique temporary file in the same directory and renames it into place, so
 /// that readers (and other processes writing the same file) never see a partial file.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = temp_beside(path)?;
     std::io::Write::write_all(&mut tmp, bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
 
-/// Where a temporary file for `path` goes: beside it, so the final rename stays atomic.
+/// Where a temporary file for `path` goes: beside it, so the final rename stays atomic. It gets
+/// the mode of any newly created file (0666 less the umask), not tempfile's private 0600, since
+/// it becomes the file itself.
 pub fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     std::fs::create_dir_all(&dir)?;
-    tempfile::Builder::new()
-        .prefix(".wick-partial-")
-        .tempfile_in(dir)
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".wick-partial-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir)
+}
+
+/// Gives `path` (written by a library through a private temporary file) the mode of any newly
+/// created file in its directory: 0666 less the umask.
+pub fn usual_permissions(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let probe = temp_beside(path)?;
+        std::fs::set_permissions(path, probe.as_file().metadata()?.permissions())?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Cached and exported files get the mode `std::fs::write` gives (whatever the umask).
+    #[test]
+    fn written_files_get_the_usual_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let usual = dir.path().join("usual");
+        std::fs::write(&usual, b"x").unwrap();
+
+        let atomic = dir.path().join("atomic");
+        write_atomically(&atomic, b"x").unwrap();
+        assert_eq!(mode(&atomic), mode(&usual));
+
+        let persisted = dir.path().join("persisted");
+        temp_beside(&persisted)
+            .unwrap()
+            .persist(&persisted)
+            .unwrap();
+        assert_eq!(mode(&persisted), mode(&usual));
+
+        let private = dir.path().join("private");
+        tempfile::NamedTempFile::new_in(dir.path())
+            .unwrap()
+            .persist(&private)
+            .unwrap();
+        assert_eq!(mode(&private), 0o600);
+        usual_permissions(&private).unwrap();
+        assert_eq!(mode(&private), mode(&usual));
+    }
 }

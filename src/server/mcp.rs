@@ -377,3 +377,23 @@ impl ServerHandler for WickMcp {
             )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Doc comments on the argument and result types become the tools' schema descriptions,
+    /// which clients show to people and models: rustdoc's link syntax must not leak into them.
+    #[test]
+    fn tool_schemas_carry_no_rustdoc_links() {
+        let tools = WickMcp::tool_router().list_all();
+        assert_eq!(tools.len(), 3);
+        for tool in tools {
+            let json = serde_json::to_string(&tool).unwrap_or_default();
+            assert!(json.contains("inputSchema"), "{json}");
+            for leak in ["[`", "`]"] {
+                assert!(!json.contains(leak), "{}: {leak} in {json}", tool.name);
+            }
+        }
+    }
+}

@@ -172,6 +172,10 @@ where
             track_posts,
         ))
         .layer(RequestBodyLimitLayer::new(options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            options.max_body_bytes,
+            explain_too_large,
+        ))
         .layer(axum::middleware::from_fn_with_state(policy, access::guard))
         .layer(cors)
 }
@@ -197,6 +201,27 @@ pub fn api_routes(state: Arc<ServerState>) -> Router {
             }
         }),
     )
+}
+
+/// A 413 from the body limit says only "length limit exceeded"; this one names the limit and
+/// the flag that raises it.
+async fn explain_too_large(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the request body is larger than the {limit} bytes this server accepts; raise the \
+             limit with --max-body-bytes"
+        ),
+    )
+        .into_response()
 }
 
 /// Holds a token of `responses` until a POST's response body has been sent (or dropped).

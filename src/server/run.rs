@@ -15,14 +15,16 @@ use crate::error::{Error, Result};
 use crate::registry::{Backend, ModelSelector};
 
 /// Serves `manager`'s models over MCP and the OpenAI API until a shutdown signal,
-/// `default_model` loaded up front. Prints `wick: serving MCP at URL` on stdout once listening.
+/// `default_model` loaded up front. Prints `wick: loading MODEL; MCP will be at URL` on stdout
+/// once listening (`/health` answers 503 meanwhile), then `wick: serving MCP at URL …` once the
+/// model is loaded: a model that fails to load never had its URL announced as served.
 pub async fn serve_models(
     options: ServerOptions,
     manager: Arc<ModelManager>,
     default_model: ModelSelector,
     default_backend: Backend,
 ) -> Result<()> {
-    manager.resolve(&default_model)?;
+    let resolved = manager.resolve(&default_model)?;
     let state = Arc::new(ServerState::new(
         manager.clone(),
         default_model.clone(),
@@ -45,9 +47,12 @@ pub async fn serve_models(
     let addr = options.addr();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Listen { addr, source })?;
+        .map_err(|error| Error::Listen { addr, error })?;
     let local = listener.local_addr()?;
-    println!("wick: serving MCP at http://{local}/mcp (legacy SSE at http://{local}/sse)");
+    println!(
+        "wick: loading {}; MCP will be at http://{local}/mcp once it is loaded",
+        resolved.name
+    );
     std::io::stdout().flush()?;
     if !options.host.is_loopback() && options.api_key.is_none() {
         tracing::warn!(
@@ -72,6 +77,8 @@ pub async fn serve_models(
         Ok(engine) => {
             let _ = loaded.set(engine.info().clone());
             tracing::info!(model = %engine.info().name, device = %engine.info().device, "ready");
+            println!("wick: serving MCP at http://{local}/mcp (legacy SSE at http://{local}/sse)");
+            std::io::stdout().flush()?;
         }
         Err(e) => {
             stop_now();
