@@ -129,7 +129,7 @@ fn the_mcp_client_example_streams_from_the_mcp_server_example() {
         (format!("{}/sse", server.base), "sse", "2025-11-25"),
         (server.base.clone(), "sse", "2025-11-25"),
     ];
-    for (url, transport, protocol) in cases {
+    for (url, transport, protocol) in &cases {
         let mut command = Command::new(&client);
         command.args([
             "--url",
@@ -171,7 +171,12 @@ fn the_mcp_client_example_streams_from_the_mcp_server_example() {
         .send()
         .and_then(|r| r.text())
         .expect("/metrics");
-    for (frontend, calls) in [("mcp", 2), ("sse", 1), ("openai", 1)] {
+    let calls_by = |transport: &str| cases.iter().filter(|c| c.1 == transport).count();
+    for (frontend, calls) in [
+        ("mcp", calls_by("streamable")),
+        ("sse", calls_by("sse")),
+        ("openai", 1),
+    ] {
         let line = format!(r#"frontend="{frontend}",outcome="length"}} {calls}"#);
         assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
     }
