@@ -133,7 +133,7 @@ fn the_mcp_client_example_streams_from_the_mcp_server_example() {
         let mut command = Command::new(&client);
         command.args([
             "--url",
-            &url,
+            url,
             "--transport",
             transport,
             "--protocol",

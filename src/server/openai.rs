@@ -137,6 +137,8 @@ struct Options {
     /// wick's extras, as llama-server and vLLM accept them.
     top_k: Option<u32>,
     repeat_penalty: Option<f32>,
+    /// Generate past end-of-sequence tokens, up to `max_tokens` (for load tests).
+    ignore_eos: Option<bool>,
     stop: Option<Stop>,
     seed: Option<u64>,
     #[serde(default)]
@@ -144,7 +146,7 @@ struct Options {
     stream_options: Option<StreamOptions>,
 }
 
-const OPTION_FIELDS: [&str; 11] = [
+const OPTION_FIELDS: [&str; 12] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -152,6 +154,7 @@ const OPTION_FIELDS: [&str; 11] = [
     "top_p",
     "top_k",
     "repeat_penalty",
+    "ignore_eos",
     "stop",
     "seed",
     "stream",
@@ -183,6 +186,7 @@ impl Options {
             top_p: self.top_p.unwrap_or(1.0),
             top_k: self.top_k.map_or(0, |k| k as usize),
             repeat_penalty: self.repeat_penalty.unwrap_or(1.0),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
             seed: self.seed,
             stop: match &self.stop {
                 None => Vec::new(),

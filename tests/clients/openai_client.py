@@ -75,7 +75,8 @@ def main():
     stopped = api.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0, stop=[stop, "\u2603"])
     emit("STOP", {"stop": stop, "greedy": greedy, "text": stopped.choices[0].text,
                   "finish": stopped.choices[0].finish_reason})
-    length = api.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0)
+    length = api.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0,
+                                    extra_body={"ignore_eos": True, "top_k": 40, "repeat_penalty": 1.0})
     emit("LENGTH", {"finish": length.choices[0].finish_reason, "usage": length.usage.model_dump()})
 
     emit("REFUSED_N", refusal(lambda: api.chat.completions.create(model=MODEL, messages=CHAT, n=2)))
