@@ -14,11 +14,12 @@ Needs `pip install openai` (tests/clients/requirements.txt pins the version the 
 import argparse
 import asyncio
 import json
-import math
 import statistics
 import time
 
 import openai
+
+from llama_server_concurrency import percentile
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -26,14 +27,6 @@ PROMPTS = [
     "List some facts about the planet Mars.",
     "Describe a busy market in the morning.",
 ]
-
-
-def percentile(values, p):
-    if not values:
-        return 0.0
-    values = sorted(values)
-    rank = math.ceil(p / 100 * len(values))
-    return values[min(max(rank, 1), len(values)) - 1]
 
 
 async def one(client, model, prompt, n_gen):

@@ -145,14 +145,7 @@ fn openai_sdk_abandoned_stream_frees_its_slot() {
     let seen = run(&server.base, "abort", None);
     assert_eq!(one(&seen, "ABORTED"), 3);
     assert_eq!(one(&seen, "AFTER")["finish"], "length");
-    let mut stats = server.stats();
-    for _ in 0..100 {
-        if stats["cancelled"] == 1 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        stats = server.stats();
-    }
+    let stats = server.stats_once("cancelled", 1);
     assert_eq!(stats["cancelled"], 1, "{stats}");
     assert!(
         stats["tokens"].as_u64().unwrap() < 200,
@@ -260,14 +253,9 @@ fn a_full_queue_is_a_429_with_retry_after() {
     let http = reqwest::blocking::Client::new();
     let url = format!("{}/v1/completions", server.base);
     let long = serde_json::json!({ "prompt": "1, 2, 3,", "max_tokens": 4000, "stream": true });
-    let wait_for = |key: &str| {
-        for _ in 0..600 {
-            if server.stats()[key] == 1 {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("no request became {key}: {}", server.stats());
+    let wait_for = |counter: &str| {
+        let stats = server.stats_once(counter, 1);
+        assert_eq!(stats[counter], 1, "no request became {counter}: {stats}");
     };
     let running = http.post(&url).json(&long).send().unwrap();
     wait_for("active");

@@ -81,6 +81,7 @@ impl GenerationOptions {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = known_formats_only)]
 pub struct GenerateArgs {
     /// The text to continue.
     pub prompt: String,
@@ -89,6 +90,7 @@ pub struct GenerateArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
+#[schemars(transform = known_formats_only)]
 pub struct ChatArgs {
     /// The conversation so far, oldest first; the reply continues it as the assistant.
     pub messages: Vec<ChatMessage>,
@@ -98,6 +100,7 @@ pub struct ChatArgs {
 
 /// The structured result of `generate` and `chat`.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = known_formats_only)]
 pub struct GenerationResult {
     /// The generated text.
     pub text: String,
@@ -113,6 +116,33 @@ pub struct GenerationResult {
     pub tokens_per_second: f64,
     /// The model that answered.
     pub model: String,
+}
+
+/// schemars marks unsigned integers with formats (`uint`, `uint32`…) that JSON Schema validators
+/// do not know and warn about on every call; the `minimum: 0` beside them already says it.
+fn known_formats_only(schema: &mut schemars::Schema) {
+    fn walk(map: &mut serde_json::Map<String, serde_json::Value>) {
+        if map
+            .get("format")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|format| format.starts_with("uint"))
+        {
+            map.remove("format");
+        }
+        for value in map.values_mut() {
+            match value {
+                serde_json::Value::Object(inner) => walk(inner),
+                serde_json::Value::Array(items) => items
+                    .iter_mut()
+                    .filter_map(serde_json::Value::as_object_mut)
+                    .for_each(walk),
+                _ => {}
+            }
+        }
+    }
+    if let Some(map) = schema.as_object_mut() {
+        walk(map);
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -384,6 +414,35 @@ mod tests {
 
     /// Doc comments on the argument and result types become the tools' schema descriptions,
     /// which clients show to people and models: rustdoc's link syntax must not leak into them.
+    /// Clients validate arguments and results with JSON Schema validators (ajv in the MCP
+    /// Inspector), which warn on every `format` they do not know, such as schemars' `uint`.
+    #[test]
+    fn tool_schemas_use_only_formats_validators_know() {
+        fn formats(schema: &serde_json::Value, found: &mut Vec<String>) {
+            match schema {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(format)) = map.get("format") {
+                        found.push(format.clone());
+                    }
+                    map.values().for_each(|v| formats(v, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| formats(v, found)),
+                _ => {}
+            }
+        }
+        // ajv-formats' numeric formats; wick's tools use no string formats.
+        let known = ["int32", "int64", "float", "double"];
+        for tool in WickMcp::tool_router().list_all() {
+            let mut found = Vec::new();
+            formats(&serde_json::to_value(&tool).unwrap_or_default(), &mut found);
+            let unknown: Vec<_> = found
+                .iter()
+                .filter(|f| !known.contains(&f.as_str()))
+                .collect();
+            assert!(unknown.is_empty(), "{}: {unknown:?}", tool.name);
+        }
+    }
+
     #[test]
     fn tool_schemas_carry_no_rustdoc_links() {
         let tools = WickMcp::tool_router().list_all();

@@ -150,6 +150,7 @@ where
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn(malformed::reject_malformed))
+        .layer(axum::middleware::from_fn(deleted_is_no_content))
         .merge(sse_legacy::routes(make_handler, shutdown.sessions.clone()))
         .merge(more)
         .route(
@@ -201,6 +202,22 @@ pub fn api_routes(state: Arc<ServerState>) -> Router {
             }
         }),
     )
+}
+
+/// rmcp answers a session's DELETE with 202, which the MCP SDKs log as a failed termination
+/// (Python: `Session termination failed: 202`): they expect 200 or 204. The session is closed
+/// by then, so say 204.
+async fn deleted_is_no_content(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let delete = request.method() == axum::http::Method::DELETE;
+    let mut response = next.run(request).await;
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        *response.body_mut() = axum::body::Body::empty();
+    }
+    response
 }
 
 /// A 413 from the body limit says only "length limit exceeded"; this one names the limit and

@@ -71,6 +71,20 @@ impl ServerProcess {
     pub fn stats(&self) -> serde_json::Value {
         self.health().expect("health answers")["models"][0]["stats"].clone()
     }
+
+    /// The counters once `counter` reads `value` (the engine updates them a step after a
+    /// client's action), or as they are after 10 seconds.
+    pub fn stats_once(&self, counter: &str, value: u64) -> serde_json::Value {
+        let mut stats = self.stats();
+        for _ in 0..500 {
+            if stats[counter] == value {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            stats = self.stats();
+        }
+        stats
+    }
 }
 
 impl Drop for ServerProcess {
