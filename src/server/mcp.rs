@@ -41,14 +41,18 @@ use crate::registry::ModelSelector;
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct GenerationOptions {
     /// Most tokens to generate (default 256).
+    #[schemars(range(min = 1))]
     pub max_tokens: Option<u32>,
     /// Sampling temperature; 0 always picks the most likely token (default 0.7).
+    #[schemars(range(min = 0.0))]
     pub temperature: Option<f64>,
     /// Nucleus sampling: keep the most likely tokens up to this total probability (default 0.95).
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]
     pub top_p: Option<f64>,
     /// Sample among the k most likely tokens; 0 means all (default 40).
     pub top_k: Option<u32>,
     /// Divides the scores of recently used tokens; 1 turns it off (default 1.1).
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub repeat_penalty: Option<f32>,
     /// Random seed; the same seed and options give the same text.
     pub seed: Option<u64>,
@@ -321,6 +325,36 @@ fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
     result
 }
 
+/// Checks the arguments of `generate` and `chat` field by field before rmcp parses them, so that
+/// a wrong one is named, with what was given and what is accepted: rmcp's own message names no
+/// field, and serde loses the path inside the flattened options.
+fn check_arguments(request: &CallToolRequestParams) -> Result<(), String> {
+    fn named<T: serde::de::DeserializeOwned>(arguments: &serde_json::Value) -> Result<(), String> {
+        serde_path_to_error::deserialize::<_, T>(arguments)
+            .map(drop)
+            .map_err(|e| {
+                let accepted = e
+                    .inner()
+                    .to_string()
+                    .replace("expected u32", "expected a whole number of at least 0")
+                    .replace("expected u64", "expected a whole number of at least 0")
+                    .replace("expected f64", "expected a number")
+                    .replace("expected f32", "expected a number");
+                format!(
+                    "invalid argument `{}`: {accepted} (the tool's input schema lists what each \
+                     argument takes)",
+                    e.path()
+                )
+            })
+    }
+    let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+    match request.name.as_ref() {
+        "generate" => named::<GenerationOptions>(&arguments).and(named::<GenerateArgs>(&arguments)),
+        "chat" => named::<GenerationOptions>(&arguments).and(named::<ChatArgs>(&arguments)),
+        _ => Ok(()),
+    }
+}
+
 /// A failed call the client can act on, as a tool result with `isError: true`.
 fn tool_error(error: &Error) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(error.to_string())])
@@ -335,6 +369,9 @@ impl ServerHandler for WickMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        if let Err(message) = check_arguments(&request) {
+            return Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into());
+        }
         if !self.tool_router.has_route(&request.name) {
             let available: Vec<String> = self
                 .tool_router
@@ -440,6 +477,20 @@ mod tests {
                 .filter(|f| !known.contains(&f.as_str()))
                 .collect();
             assert!(unknown.is_empty(), "{}: {unknown:?}", tool.name);
+        }
+    }
+
+    /// The schema says what `SamplingParams::validate` refuses.
+    #[test]
+    fn input_schemas_state_the_limits() {
+        let tools = WickMcp::tool_router().list_all();
+        for tool in tools.iter().filter(|t| t.name != "list_models") {
+            let properties = &tool.input_schema["properties"];
+            assert_eq!(properties["max_tokens"]["minimum"], 1, "{}", tool.name);
+            assert_eq!(properties["temperature"]["minimum"], 0.0);
+            assert_eq!(properties["top_p"]["exclusiveMinimum"], 0);
+            assert_eq!(properties["top_p"]["maximum"], 1);
+            assert_eq!(properties["repeat_penalty"]["exclusiveMinimum"], 0);
         }
     }
 
