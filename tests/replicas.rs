@@ -339,6 +339,31 @@ fn replicas_share_stateless_calls_stream_tokens_and_keep_sessions() {
     spread.sort();
     assert_eq!(spread, [0, 0, 5], "one session, one replica");
 
+    // GET /sse names its session in a header too, for the proxy: the id of the endpoint event.
+    let (header, endpoint) = runtime.block_on(async {
+        let response = client
+            .get(format!("{}/sse", proxy.base))
+            .send()
+            .await
+            .expect("GET /sse");
+        let header = response.headers().get("mcp-session-id").cloned();
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = futures::StreamExt::next(&mut body).await;
+            text.push_str(&String::from_utf8_lossy(
+                &chunk.expect("an event").expect("bytes"),
+            ));
+        }
+        (header, text)
+    });
+    let header = header.expect("an Mcp-Session-Id header");
+    let header = header.to_str().expect("ASCII");
+    assert!(
+        endpoint.contains(&format!("/sse/messages?sessionId={header}\n")),
+        "{header}: {endpoint}"
+    );
+
     // A legacy SSE session: its POSTs reach the replica holding its event stream.
     let before = requests(&replicas);
     let sse = format!("{}/sse", proxy.base);
