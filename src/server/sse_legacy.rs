@@ -51,9 +51,15 @@ pub fn routes<H: ServerHandler>(
         .with_state(state)
 }
 
+/// Opens a session. Its id goes out twice: in the `endpoint` event, for the client, and in an
+/// `Mcp-Session-Id` response header, for a load balancer, which cannot read a streamed body
+/// but can pin the session's later `POST /sse/messages?sessionId=` to this replica.
 async fn open<H: ServerHandler>(
     State(state): State<Arc<Legacy<H>>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> (
+    [(&'static str, String); 1],
+    Sse<impl Stream<Item = Result<Event, Infallible>>>,
+) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (to_server, from_client) = mpsc::channel(64);
     let (to_client, outgoing) = mpsc::channel::<ServerJsonRpcMessage>(64);
@@ -90,8 +96,9 @@ async fn open<H: ServerHandler>(
         };
         futures::future::ready(event)
     });
-    Sse::new(futures::stream::once(async { Ok(endpoint) }).chain(messages))
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    let events = Sse::new(futures::stream::once(async { Ok(endpoint) }).chain(messages))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)));
+    ([("mcp-session-id", id)], events)
 }
 
 async fn message<H: ServerHandler>(

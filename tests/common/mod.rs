@@ -6,6 +6,7 @@ pub mod fixture;
 pub mod hub;
 pub mod process;
 pub mod server;
+pub mod stateless;
 
 use std::path::PathBuf;
 use std::sync::Arc;
