@@ -956,3 +956,85 @@ async fn a_broken_stream_resumes_from_last_event_id() {
     );
     assert!(!rest.is_empty() && progress_count(&first) >= 5);
 }
+
+/// `--max-sessions`: past the limit a new session (2025-era or legacy SSE) gets 503 with
+/// `Retry-After` and a JSON-RPC error naming the flag; open sessions and stateless calls keep
+/// working; deleting or idling out a session makes room again.
+#[tokio::test]
+async fn sessions_past_the_limit_are_refused_and_open_ones_keep_working() {
+    let options = ServerOptions {
+        max_sessions: 3,
+        session_idle_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(options, LoadOptions::default()).await;
+    let http = reqwest::Client::new();
+    let init = |id: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    };
+    let mut sessions = Vec::new();
+    for id in 0..9 {
+        let response = post(&http, &server, &init(id), &[]).await;
+        if id < 3 {
+            assert_eq!(response.status(), 200);
+            sessions.push(
+                response.headers()["mcp-session-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            continue;
+        }
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "10");
+        let error = &messages(response).await[0];
+        assert_eq!(error["id"], id, "{error}");
+        assert_eq!(error["error"]["code"], -32000, "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("--max-sessions") && message.contains('3'),
+            "{message}"
+        );
+    }
+    let sse = http
+        .get(format!("{}/sse", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 503);
+    assert!(sse.text().await.unwrap().contains("--max-sessions"));
+
+    // The open sessions still work, and so do stateless calls, which hold no session.
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let in_session = |session: &str| {
+        [
+            ("mcp-session-id", session.to_string()),
+            ("mcp-protocol-version", "2025-11-25".to_string()),
+        ]
+    };
+    for session in &sessions {
+        let headers = in_session(session);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(post(&http, &server, &ping, &headers).await.status(), 200);
+    }
+    let (client, _) = connect(&server, Era::Stateless).await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 3);
+
+    // A deleted session makes room at once.
+    let deleted = http
+        .delete(server.mcp())
+        .header("mcp-session-id", &sessions[0])
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(post(&http, &server, &init(20), &[]).await.status(), 200);
+    assert_eq!(post(&http, &server, &init(21), &[]).await.status(), 503);
+    // Idle sessions expire and make room too.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for id in 30..33 {
+        assert_eq!(post(&http, &server, &init(id), &[]).await.status(), 200);
+    }
+}

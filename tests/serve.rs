@@ -168,3 +168,78 @@ fn a_model_that_fails_to_load_is_never_announced_as_served() {
     assert!(!stdout.contains("serving MCP at"), "{stdout}");
     assert!(stderr.contains("cannot load"), "{stderr}");
 }
+
+/// Resident memory of a process, from /proc (Linux).
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A flood of `initialize` requests, three times `--max-sessions`: the excess is refused, the
+/// refusals cost no memory, and an open session still works.
+#[test]
+fn a_session_flood_is_refused_past_max_sessions_and_memory_stays_flat() {
+    let Some(_) = resident_kib(std::process::id()) else {
+        return; // no /proc: not Linux
+    };
+    let max = 200;
+    let server = ServerProcess::serve(&["--max-sessions", &max.to_string()]);
+    let http = reqwest::blocking::Client::new();
+    let initialize = |id: usize| {
+        http.post(server.mcp())
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "flood", "version": "0"}}}),
+            )
+            .send()
+            .unwrap()
+    };
+    let pid = server.child.id();
+    let start = resident_kib(pid).unwrap();
+    let sessions: Vec<String> = (0..max)
+        .map(|id| {
+            let response = initialize(id);
+            assert_eq!(response.status(), 200);
+            response.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let full = resident_kib(pid).unwrap();
+    let refused = (max..3 * max)
+        .filter(|&id| initialize(id).status() == 503)
+        .count();
+    let after_refusals = resident_kib(pid).unwrap();
+    assert_eq!(refused, 2 * max);
+    let ping = http
+        .post(server.mcp())
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &sessions[0])
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .send()
+        .unwrap();
+    assert_eq!(ping.status(), 200);
+    for session in &sessions {
+        let deleted = http
+            .delete(server.mcp())
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .unwrap();
+        assert_eq!(deleted.status(), 204);
+    }
+    let after_delete = resident_kib(pid).unwrap();
+    eprintln!(
+        "resident KiB: start {start}, {max} sessions {full}, after {refused} refusals \
+         {after_refusals}, all deleted {after_delete}"
+    );
+    assert!(
+        after_refusals <= full + 4096,
+        "refusals cost memory: {full} KiB -> {after_refusals} KiB"
+    );
+}

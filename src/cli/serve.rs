@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// Seconds of inactivity after which a session (2025-11-25 clients) is closed.
     #[arg(long, default_value_t = 1800)]
     pub session_idle_timeout: u64,
+    /// Sessions (2025-11-25 and legacy SSE clients together) open at once; past it a new one
+    /// gets 503 with Retry-After.
+    #[arg(long, default_value_t = ServerOptions::default().max_sessions)]
+    pub max_sessions: usize,
     /// Seconds a shutdown waits for running generations to finish.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
@@ -64,6 +68,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_key: args.api_key,
         max_body_bytes: args.max_body_bytes,
         session_idle_timeout: Duration::from_secs(args.session_idle_timeout),
+        max_sessions: args.max_sessions,
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         metrics_public: args.metrics_public,
     };

@@ -9,6 +9,7 @@ pub mod metrics;
 mod openai;
 mod resume;
 mod run;
+mod sessions;
 mod sse_legacy;
 mod state;
 
@@ -49,6 +50,8 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// A 2025-era session unused for this long is closed; its id then gets 404.
     pub session_idle_timeout: Duration,
+    /// Sessions (2025-era and legacy SSE together) open at once; past it new ones get 503.
+    pub max_sessions: usize,
     /// How long a shutdown waits for running generations before cutting them off.
     pub shutdown_grace: Duration,
     /// Serve `/metrics` without the API key (for scrapers inside a trusted network).
@@ -65,6 +68,7 @@ impl Default for ServerOptions {
             api_key: None,
             max_body_bytes: 4 << 20,
             session_idle_timeout: Duration::from_secs(30 * 60),
+            max_sessions: 2048,
             shutdown_grace: Duration::from_secs(30),
             metrics_public: false,
         }
@@ -121,11 +125,14 @@ where
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(shutdown.sessions.clone());
     let factory = make_handler.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(factory()),
-        Arc::new(resume::ResumeAfter(session_manager)),
-        config,
-    );
+    let session_manager = Arc::new(resume::ResumeAfter(session_manager));
+    let legacy_sessions = sse_legacy::Sessions::default();
+    let session_limit = Arc::new(sessions::SessionLimit::new(
+        options.max_sessions,
+        session_manager.clone(),
+        legacy_sessions.clone(),
+    ));
+    let mcp = StreamableHttpService::new(move || Ok(factory()), session_manager, config);
 
     let policy = Arc::new(AccessPolicy::new(
         options.host,
@@ -151,7 +158,15 @@ where
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn(malformed::reject_malformed))
         .layer(axum::middleware::from_fn(deleted_is_no_content))
-        .merge(sse_legacy::routes(make_handler, shutdown.sessions.clone()))
+        .merge(sse_legacy::routes(
+            make_handler,
+            legacy_sessions,
+            shutdown.sessions.clone(),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            session_limit,
+            sessions::guard,
+        ))
         .merge(more)
         .route(
             "/health",

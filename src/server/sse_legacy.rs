@@ -28,7 +28,13 @@ use tokio_util::sync::{CancellationToken, PollSender};
 
 use super::metrics::Frontend;
 
-type Sessions = Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>;
+/// The open sessions, by id.
+pub type Sessions = Arc<Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>>;
+
+/// How many sessions are open.
+pub fn count(sessions: &Sessions) -> usize {
+    lock(sessions).len()
+}
 
 struct Legacy<H> {
     sessions: Sessions,
@@ -38,10 +44,11 @@ struct Legacy<H> {
 
 pub fn routes<H: ServerHandler>(
     make_handler: Arc<dyn Fn() -> H + Send + Sync>,
+    sessions: Sessions,
     shutdown: CancellationToken,
 ) -> Router {
     let state = Arc::new(Legacy {
-        sessions: Sessions::default(),
+        sessions,
         make_handler,
         shutdown,
     });

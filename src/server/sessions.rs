@@ -1,0 +1,108 @@
+//! `--max-sessions`: how many sessions (2025-era at `/mcp` and legacy SSE at `/sse` together) may
+//! live at once. Each holds memory until it is deleted or idles out, and any client can open
+//! one with a small request, so past the limit a new one is refused — HTTP 503 with
+//! `Retry-After` — while the sessions already open keep working.
+
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::resume::ResumeAfter;
+use super::sse_legacy;
+
+/// The sessions open now, and how many may be.
+pub struct SessionLimit {
+    max: usize,
+    mcp: Arc<ResumeAfter>,
+    legacy: sse_legacy::Sessions,
+}
+
+/// How long a refused client is asked to wait: sessions end as clients delete them or idle out.
+const RETRY_AFTER_SECS: &str = "10";
+
+impl SessionLimit {
+    pub fn new(max: usize, mcp: Arc<ResumeAfter>, legacy: sse_legacy::Sessions) -> Self {
+        Self { max, mcp, legacy }
+    }
+
+    /// `None` while there is room for another session, else why not.
+    pub async fn full(&self) -> Option<String> {
+        let open = self.mcp.0.sessions.read().await.len() + sse_legacy::count(&self.legacy);
+        (open >= self.max).then(|| {
+            format!(
+                "this server already holds its limit of {} sessions (--max-sessions); retry \
+                 later, close sessions you no longer use (DELETE), or call statelessly with \
+                 protocol revision 2026-07-28",
+                self.max
+            )
+        })
+    }
+
+    /// The refusal of a new session, as plain text (legacy SSE) or as a JSON-RPC error answering
+    /// `id` (Streamable HTTP).
+    pub fn refusal(message: String, id: Option<&Value>) -> Response {
+        tracing::warn!("refused a new session: {message}");
+        let mut response = match id {
+            Some(id) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "error": { "code": -32000, "message": message, "data": { "reason": "max_sessions" } },
+                })),
+            )
+                .into_response(),
+            None => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),
+        };
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+        response
+    }
+}
+
+/// In front of `/mcp` and `/sse`: what would open a session past the limit is refused — an
+/// `initialize` without a session, or `GET /sse`. Requests of open sessions (`Mcp-Session-Id`)
+/// and stateless ones (`Mcp-Method`) pass unread.
+pub async fn guard(
+    State(limit): State<Arc<SessionLimit>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let opens_sse = request.method() == Method::GET && request.uri().path() == "/sse";
+    let may_initialize = request.method() == Method::POST
+        && request.uri().path() == "/mcp"
+        && !headers.contains_key("mcp-session-id")
+        && !headers.contains_key("mcp-method");
+    if !opens_sse && !may_initialize {
+        return next.run(request).await;
+    }
+    let Some(message) = limit.full().await else {
+        return next.run(request).await;
+    };
+    if opens_sse {
+        return SessionLimit::refusal(message, None);
+    }
+    let (parts, body) = request.into_parts();
+    // The body limit layer in front has already bounded the size.
+    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let initialize = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(|body| body["method"] == "initialize");
+    match initialize {
+        Some(body) => SessionLimit::refusal(message, Some(&body["id"])),
+        None => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+    }
+}
