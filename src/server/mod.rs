@@ -34,7 +34,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use access::AccessPolicy;
 
 pub use run::{serve_models, shutdown_signal};
-pub use state::ServerState;
+pub use state::{ServerState, Shutdown};
 
 /// How the server listens and whom it lets in.
 #[derive(Clone, Debug)]
@@ -83,19 +83,6 @@ impl ServerOptions {
 
 /// What `/health` answers: 200 with `body` when `ready`, else 503.
 pub type HealthCheck = Arc<dyn Fn() -> (bool, serde_json::Value) + Send + Sync>;
-
-/// How a running server is wound down.
-#[derive(Clone, Default)]
-pub struct Shutdown {
-    /// Cancelled when a shutdown's grace period is over: generations still running end as
-    /// cancelled, and their callers are told that the server cut them off.
-    pub cut_off: CancellationToken,
-    /// Cancelling it ends every MCP session and long-lived event stream.
-    pub sessions: CancellationToken,
-    /// Every POST response until its body has been sent whole: a tool call's stream ends only
-    /// after its final result, so waiting for these lets running calls finish and be delivered.
-    pub responses: TaskTracker,
-}
 
 /// The routes for any MCP handler, and `more` routes, behind the access policy. `wick serve`
 /// mounts wick's tools and [`api_routes`]; the conformance fixture server mounts its fixtures on

@@ -5,11 +5,23 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-use super::Shutdown;
 use super::metrics::Metrics;
 use crate::engine::ModelManager;
 use crate::error::Result;
 use crate::registry::{Backend, ModelSelector};
+
+/// How a running server is wound down.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    /// Cancelled when a shutdown's grace period is over: generations still running end as
+    /// cancelled, and their callers are told that the server cut them off.
+    pub cut_off: CancellationToken,
+    /// Cancelling it ends every MCP session and long-lived event stream.
+    pub sessions: CancellationToken,
+    /// Every POST response until its body has been sent whole: a tool call's stream ends only
+    /// after its final result, so waiting for these lets running calls finish and be delivered.
+    pub responses: TaskTracker,
+}
 
 /// The models, the one a request gets when it names none, the shutdown in progress, and the
 /// metrics every front end feeds.
