@@ -65,7 +65,12 @@ fn bench(c: &mut Criterion) {
             .await
             .expect("port");
         let url = format!("http://{}/mcp", listener.local_addr().expect("address"));
-        tokio::spawn(server::serve(listener, app, shutdown.sessions.clone()));
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            &ServerOptions::default(),
+            shutdown.sessions.clone(),
+        ));
         let client = Counter::default()
             .serve(StreamableHttpClientTransport::from_uri(url))
             .await

@@ -99,7 +99,12 @@ async fn main() -> anyhow::Result<()> {
     println!("wick: serving MCP at http://{local}/mcp (legacy SSE at http://{local}/sse)");
     std::io::stdout().flush()?;
 
-    let mut serving = tokio::spawn(server::serve(listener, app, stop_accepting.clone()));
+    let mut serving = tokio::spawn(server::serve(
+        listener,
+        app,
+        &options,
+        stop_accepting.clone(),
+    ));
     tokio::select! {
         _ = server::shutdown_signal() => {}
         result = &mut serving => return Ok(result??),

@@ -843,91 +843,112 @@ async fn health_reports_ready() {
     assert_eq!(response.status(), 200);
 }
 
-/// A 2025-11-25 client whose stream breaks mid-generation reconnects with `Last-Event-ID` and
-/// gets the rest: each request's events are kept for resumption, and a disconnect alone does
-/// not cancel a session's request.
-#[tokio::test]
-async fn a_broken_stream_resumes_from_last_event_id() {
-    use futures::StreamExt;
-    let server = server().await;
-    let http = reqwest::Client::new();
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
-    let response = post(&http, &server, &init, &[]).await;
-    let session = response.headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let headers = [
-        ("mcp-session-id", session.as_str()),
-        ("mcp-protocol-version", "2025-11-25"),
-    ];
-    post(
-        &http,
-        &server,
-        &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        &headers,
-    )
-    .await;
-    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate",
-        "arguments": {"prompt": ENDLESS, "max_tokens": 48, "temperature": 0}, "_meta": {"progressToken": "r"}}});
+/// A raw 2025-11-25 session: initialized, with the headers its later requests carry.
+struct RawSession {
+    http: reqwest::Client,
+    mcp: String,
+    id: String,
+}
 
-    /// `(id, message)` for each SSE event with data, until `stop` says enough.
-    async fn read(
-        response: reqwest::Response,
-        mut stop: impl FnMut(&[(String, Value)]) -> bool,
-    ) -> Vec<(String, Value)> {
-        let mut body = response.bytes_stream();
-        let (mut buffer, mut events) = (String::new(), Vec::new());
-        while !stop(&events) {
-            let Some(chunk) = body.next().await else {
-                break;
+impl RawSession {
+    async fn open(server: &TestServer) -> Self {
+        let http = reqwest::Client::new();
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+        let response = post(&http, server, &init, &[]).await;
+        let id = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let session = Self {
+            http,
+            mcp: server.mcp(),
+            id,
+        };
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        session.post(&initialized).await;
+        session
+    }
+
+    async fn post(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(&self.mcp)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `generate` with greedy sampling, streaming progress.
+    async fn generate(&self, max_tokens: u64) -> reqwest::Response {
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate",
+            "arguments": {"prompt": ENDLESS, "max_tokens": max_tokens, "temperature": 0},
+            "_meta": {"progressToken": "r"}}});
+        self.post(&call).await
+    }
+
+    /// `GET /mcp` with `Last-Event-ID`.
+    async fn resume(&self, last_event_id: &str) -> reqwest::Response {
+        self.http
+            .get(&self.mcp)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &self.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// `(id, message)` for each SSE event with data, until `stop` says enough or the stream ends.
+async fn sse_events(
+    response: reqwest::Response,
+    mut stop: impl FnMut(&[(String, Value)]) -> bool,
+) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut body = response.bytes_stream();
+    let (mut buffer, mut events) = (String::new(), Vec::new());
+    while !stop(&events) {
+        let Some(chunk) = body.next().await else {
+            break;
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let field = |name: &str| {
+                event
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
             };
-            buffer.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            while let Some(end) = buffer.find("\n\n") {
-                let event: String = buffer.drain(..end + 2).collect();
-                let field = |name: &str| {
-                    event
-                        .lines()
-                        .find_map(|l| l.strip_prefix(name))
-                        .map(str::trim)
-                };
-                if let (Some(id), Some(data)) = (field("id:"), field("data:"))
-                    && let Ok(message) = serde_json::from_str(data)
-                {
-                    events.push((id.to_string(), message));
-                }
+            if let (Some(id), Some(data)) = (field("id:"), field("data:"))
+                && let Ok(message) = serde_json::from_str(data)
+            {
+                events.push((id.to_string(), message));
             }
         }
-        events
     }
-    let progress_count = |events: &[(String, Value)]| {
-        events
-            .iter()
-            .filter(|(_, m)| m["method"] == "notifications/progress")
-            .count()
-    };
-    let first = read(post(&http, &server, &call, &headers).await, |e| {
-        progress_count(e) >= 5
-    })
-    .await;
-    let last_id = first.last().unwrap().0.clone();
-    // The client went away; it comes back for the rest.
-    let resumed = http
-        .get(server.mcp())
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .header("last-event-id", &last_id)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resumed.status(), 200);
-    let rest = read(resumed, |e| {
-        e.iter().any(|(_, m)| m.get("result").is_some())
-    })
-    .await;
-    let events: Vec<&Value> = first.iter().chain(&rest).map(|(_, m)| m).collect();
+    events
+}
+
+fn progress_count(events: &[(String, Value)]) -> usize {
+    events
+        .iter()
+        .filter(|(_, m)| m["method"] == "notifications/progress")
+        .count()
+}
+
+fn has_result(events: &[(String, Value)]) -> bool {
+    events.iter().any(|(_, m)| m.get("result").is_some())
+}
+
+/// What a broken stream and its resumption delivered together: nothing repeated, nothing lost.
+fn assert_joined(first: &[(String, Value)], rest: &[(String, Value)]) {
+    let events: Vec<&Value> = first.iter().chain(rest).map(|(_, m)| m).collect();
     let progress: Vec<&Value> = events
         .iter()
         .filter(|m| m["method"] == "notifications/progress")
@@ -954,7 +975,88 @@ async fn a_broken_stream_resumes_from_last_event_id() {
         streamed.as_str(),
         "nothing lost"
     );
+}
+
+/// A 2025-11-25 client whose stream breaks mid-generation reconnects with `Last-Event-ID` within
+/// `--resume-window` and gets the rest, none twice.
+#[tokio::test]
+async fn a_broken_stream_resumes_from_last_event_id() {
+    let server = server().await;
+    let session = RawSession::open(&server).await;
+    let first = sse_events(session.generate(48).await, |e| progress_count(e) >= 5).await;
+    // The client went away; it comes back for the rest.
+    let resumed = session.resume(&first.last().unwrap().0).await;
+    assert_eq!(resumed.status(), 200);
+    let rest = sse_events(resumed, has_result).await;
     assert!(!rest.is_empty() && progress_count(&first) >= 5);
+    assert_joined(&first, &rest);
+}
+
+/// A stream that broke stays resumable after its generation has finished, for the window: the
+/// remaining tokens and the result are replayed.
+#[tokio::test]
+async fn a_finished_stream_is_resumable_within_the_window() {
+    let server = server().await;
+    let engine = server.engine().await;
+    let session = RawSession::open(&server).await;
+    let first = sse_events(session.generate(16).await, |e| progress_count(e) >= 3).await;
+    while engine.stats().active + engine.stats().queued > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rest = sse_events(session.resume(&first.last().unwrap().0).await, |_| false).await;
+    assert!(has_result(&rest), "the result is replayed: {rest:?}");
+    assert_joined(&first, &rest);
+    assert_eq!(engine.stats().cancelled, 0);
+}
+
+/// A stream that broke and is not resumed within `--resume-window` is cancelled, freeing its
+/// slot; its log is dropped after another window, and a late `Last-Event-ID` gets an empty stream.
+#[tokio::test]
+async fn an_abandoned_stream_is_cancelled_after_the_resume_window() {
+    let options = ServerOptions {
+        resume_window: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(options, LoadOptions::default()).await;
+    let engine = server.engine().await;
+    let session = RawSession::open(&server).await;
+    // Far more tokens than this test waits for: only a cancellation ends it early.
+    let first = sse_events(session.generate(4000).await, |e| progress_count(e) >= 3).await;
+    for _ in 0..1200 {
+        if engine.stats().cancelled == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = engine.stats();
+    assert_eq!(stats.cancelled, 1, "{stats:?}");
+    assert!(stats.tokens < 4000, "{stats:?}");
+    for _ in 0..200 {
+        if engine.stats().active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(engine.stats().active, 0, "the slot is free");
+    // The session itself lives on.
+    let ping = session
+        .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .await;
+    assert_eq!(ping.status(), 200);
+    // One window after the cancellation the log goes; until then the client could still read
+    // how its request ended.
+    let mut late = Vec::new();
+    for _ in 0..300 {
+        let response = session.resume(&first.last().unwrap().0).await;
+        assert_eq!(response.status(), 200);
+        late = sse_events(response, |_| false).await;
+        if late.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(late.is_empty(), "{late:?}");
 }
 
 /// `--max-sessions`: past the limit a new session (2025-era or legacy SSE) gets 503 with
@@ -1037,4 +1139,91 @@ async fn sessions_past_the_limit_are_refused_and_open_ones_keep_working() {
     for id in 30..33 {
         assert_eq!(post(&http, &server, &init(id), &[]).await.status(), 200);
     }
+}
+
+/// Sends `body` as a POST to `/mcp` with `headers` from a socket with a tiny receive buffer,
+/// and never reads the answer: a client stuck with its stream open.
+async fn stuck_post(
+    server: &TestServer,
+    body: &Value,
+    headers: &[(&str, &str)],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let body = body.to_string();
+    let mut request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// A client that stops reading its stream holds up neither the engine nor its session: every
+/// request has room for all of its own events (and no more), in both eras.
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_up_nothing() {
+    let server = server().await;
+    let engine = server.engine().await;
+    let session = RawSession::open(&server).await;
+    // Enough events (~250 bytes each) to fill the socket buffers, and far more than rmcp's
+    // channel for a session's stream holds (64).
+    let max_tokens = 800;
+    let call = |meta: Value| {
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "generate",
+            // Hot sampling: a stream of random tokens that seldom ends before `max_tokens`.
+            "arguments": {"prompt": ENDLESS, "max_tokens": max_tokens, "temperature": 2.0,
+                          "top_p": 1.0, "top_k": 0, "seed": 7},
+            "_meta": meta}})
+    };
+    let _in_session = stuck_post(
+        &server,
+        &call(json!({"progressToken": "stuck"})),
+        &[
+            ("mcp-session-id", &session.id),
+            ("mcp-protocol-version", "2025-11-25"),
+        ],
+    )
+    .await;
+    let stateless_meta = json!({"progressToken": "stuck",
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    let _stateless = stuck_post(
+        &server,
+        &call(stateless_meta),
+        &[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "generate"),
+        ],
+    )
+    .await;
+    // Both generations run to their end while nobody reads them.
+    for _ in 0..6000 {
+        let stats = engine.stats();
+        if stats.requests == 2 && stats.active + stats.queued == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = engine.stats();
+    assert_eq!(
+        (stats.requests, stats.active, stats.queued),
+        (2, 0, 0),
+        "{stats:?}"
+    );
+    assert!(stats.tokens > 2 * 64, "{stats:?}");
+    assert_eq!(stats.cancelled, 0, "{stats:?}");
+    // The session that holds the stuck stream still answers.
+    let events = sse_events(session.generate(4).await, |_| false).await;
+    assert!(has_result(&events), "{events:?}");
 }

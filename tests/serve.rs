@@ -243,3 +243,92 @@ fn a_session_flood_is_refused_past_max_sessions_and_memory_stays_flat() {
         "refusals cost memory: {full} KiB -> {after_refusals} KiB"
     );
 }
+
+/// Reads from `stream` until the server closes it (or 60 s pass); what it sent.
+fn read_until_closed(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(n) => received.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return String::from_utf8_lossy(&received).into_owned();
+            }
+            Err(e) => panic!("the server kept the connection open: {e}"),
+        }
+    }
+}
+
+/// `--idle-connection-timeout`: a client that sends half a header and stalls (slowloris), and a
+/// keep-alive connection left idle after its response, are closed by the server.
+#[test]
+fn stalled_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let server = ServerProcess::serve(&["--idle-connection-timeout", "1"]);
+    let addr = server.base.trim_start_matches("http://");
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    stalled
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: appl")
+        .unwrap();
+    let answer = read_until_closed(&mut stalled);
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    let mut idle = std::net::TcpStream::connect(addr).unwrap();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let answer = read_until_closed(&mut idle);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"ready\""), "{answer}");
+}
+
+/// `--max-connections`: past it a new connection is answered 503 naming the flag; the open ones
+/// keep working, and closing one makes room.
+#[test]
+fn connections_past_max_connections_are_refused() {
+    use std::io::Write;
+    let server = ServerProcess::serve(&["--max-connections", "3"]);
+    let addr = server.base.trim_start_matches("http://");
+    let health = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let open: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    // Once those three are counted (the server accepts them as they come), a fourth is refused.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        let mut extra = std::net::TcpStream::connect(addr).unwrap();
+        extra.write_all(health).unwrap();
+        refused = read_until_closed(&mut extra);
+        if refused.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("--max-connections"), "{refused}");
+    assert!(
+        refused.to_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+
+    let mut first = &open[0];
+    first.write_all(health).unwrap();
+    let mut response = [0u8; 512];
+    let n = std::io::Read::read(&mut first, &mut response).unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+
+    drop(open);
+    let mut served = false;
+    for _ in 0..100 {
+        if server.health().is_some() {
+            served = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(served, "closed connections make room");
+}

@@ -40,6 +40,19 @@ pub struct ServeArgs {
     /// gets 503 with Retry-After.
     #[arg(long, default_value_t = ServerOptions::default().max_sessions)]
     pub max_sessions: usize,
+    /// Connections open at once; past it a new one is answered 503 and closed.
+    #[arg(long, default_value_t = ServerOptions::default().max_connections,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Seconds a connection may go without sending a whole request header (a slow sender, or
+    /// an idle keep-alive connection) before it is closed.
+    #[arg(long, default_value_t = ServerOptions::default().idle_connection_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_connection_timeout: u64,
+    /// Seconds a 2025-11-25 request whose stream broke keeps generating, waiting for a
+    /// Last-Event-ID reconnect, before it is cancelled (a finished one stays resumable as long).
+    #[arg(long, default_value_t = ServerOptions::default().resume_window.as_secs())]
+    pub resume_window: u64,
     /// Seconds a shutdown waits for running generations to finish.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace: u64,
@@ -69,6 +82,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         session_idle_timeout: Duration::from_secs(args.session_idle_timeout),
         max_sessions: args.max_sessions,
+        resume_window: Duration::from_secs(args.resume_window),
+        max_connections: args.max_connections,
+        idle_connection_timeout: Duration::from_secs(args.idle_connection_timeout),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
         metrics_public: args.metrics_public,
     };

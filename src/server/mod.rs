@@ -3,6 +3,7 @@
 //! `/health`, behind one access policy.
 
 mod access;
+mod connections;
 mod malformed;
 pub mod mcp;
 pub mod metrics;
@@ -26,13 +27,13 @@ use futures::StreamExt;
 use rmcp::ServerHandler;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use access::AccessPolicy;
 
+pub use connections::serve;
 pub use run::{serve_models, shutdown_signal};
 pub use state::{ServerState, Shutdown};
 
@@ -52,6 +53,14 @@ pub struct ServerOptions {
     pub session_idle_timeout: Duration,
     /// Sessions (2025-era and legacy SSE together) open at once; past it new ones get 503.
     pub max_sessions: usize,
+    /// How long a 2025-era request whose stream broke keeps running for a `Last-Event-ID`
+    /// reconnect before it is cancelled; a finished one stays resumable as long.
+    pub resume_window: Duration,
+    /// Connections open at once; past it a new one is answered 503 and closed.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request header for this long (a slow sender, or
+    /// an idle keep-alive connection) is closed.
+    pub idle_connection_timeout: Duration,
     /// How long a shutdown waits for running generations before cutting them off.
     pub shutdown_grace: Duration,
     /// Serve `/metrics` without the API key (for scrapers inside a trusted network).
@@ -69,6 +78,9 @@ impl Default for ServerOptions {
             max_body_bytes: 4 << 20,
             session_idle_timeout: Duration::from_secs(30 * 60),
             max_sessions: 2048,
+            resume_window: Duration::from_secs(30),
+            max_connections: 1024,
+            idle_connection_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             metrics_public: false,
         }
@@ -101,9 +113,9 @@ where
     let make_handler: Arc<dyn Fn() -> H + Send + Sync> = Arc::new(make_handler);
     let mut session_manager = LocalSessionManager::default();
     session_manager.session_config.keep_alive = Some(options.session_idle_timeout);
-    // Each request's stream keeps its events for `Last-Event-ID` resumption: room for a whole
-    // generation's progress notifications.
-    session_manager.session_config.channel_capacity = 4096;
+    // Each request's events are pumped out of rmcp's channel at once into a log of their own
+    // (resume.rs), so the channel only needs room for a burst.
+    session_manager.session_config.channel_capacity = 64;
     // Host and Origin are checked by the access policy, for every route alike.
     let config = StreamableHttpServerConfig::default()
         .disable_allowed_hosts()
@@ -112,7 +124,10 @@ where
         .with_max_request_body_bytes(options.max_body_bytes)
         .with_cancellation_token(shutdown.sessions.clone());
     let factory = make_handler.clone();
-    let session_manager = Arc::new(resume::ResumeAfter(session_manager));
+    let session_manager = Arc::new(resume::ResumableSessions::new(
+        session_manager,
+        options.resume_window,
+    ));
     let legacy_sessions = sse_legacy::Sessions::default();
     let session_limit = Arc::new(sessions::SessionLimit::new(
         options.max_sessions,
@@ -259,16 +274,4 @@ async fn track_posts(
         chunk
     });
     axum::response::Response::from_parts(parts, axum::body::Body::from_stream(body))
-}
-
-/// Serves `app` on `listener` until `stop` fires, then stops accepting connections and waits for
-/// the open ones to finish (cancel the `sessions` token to end long-lived streams).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
 }

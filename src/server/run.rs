@@ -60,7 +60,7 @@ pub async fn serve_models(
             options.host
         );
     }
-    let mut server = tokio::spawn(serve(listener, app, stop_accepting.clone()));
+    let mut server = tokio::spawn(serve(listener, app, &options, stop_accepting.clone()));
     let stop_now = || {
         shutdown.sessions.cancel();
         stop_accepting.cancel();

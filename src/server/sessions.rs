@@ -12,13 +12,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::resume::ResumeAfter;
+use super::resume::ResumableSessions;
 use super::sse_legacy;
 
 /// The sessions open now, and how many may be.
 pub struct SessionLimit {
     max: usize,
-    mcp: Arc<ResumeAfter>,
+    mcp: Arc<ResumableSessions>,
     legacy: sse_legacy::Sessions,
 }
 
@@ -26,13 +26,13 @@ pub struct SessionLimit {
 const RETRY_AFTER_SECS: &str = "10";
 
 impl SessionLimit {
-    pub fn new(max: usize, mcp: Arc<ResumeAfter>, legacy: sse_legacy::Sessions) -> Self {
+    pub fn new(max: usize, mcp: Arc<ResumableSessions>, legacy: sse_legacy::Sessions) -> Self {
         Self { max, mcp, legacy }
     }
 
     /// `None` while there is room for another session, else why not.
     pub async fn full(&self) -> Option<String> {
-        let open = self.mcp.0.sessions.read().await.len() + sse_legacy::count(&self.legacy);
+        let open = self.mcp.open().await + sse_legacy::count(&self.legacy);
         (open >= self.max).then(|| {
             format!(
                 "this server already holds its limit of {} sessions (--max-sessions); retry \

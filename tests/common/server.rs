@@ -43,7 +43,7 @@ impl TestServer {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(server::serve(listener, app, stop.clone()));
+        tokio::spawn(server::serve(listener, app, &options, stop.clone()));
         let server = Self {
             base,
             manager,
