@@ -520,6 +520,14 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let error = &messages(response).await[0]["error"];
     assert_eq!(error["code"], -32600);
     assert!(error["message"].as_str().unwrap().contains("batch"));
+    // A JSON object that is no JSON-RPC message (an object for an id): the same.
+    let response = raw(r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error = &messages(response).await[0]["error"];
+    assert_eq!(error["code"], -32600);
+    assert!(error["message"].as_str().unwrap().contains("\"id\" (string or number)"));
     // A 10 MB body: 413.
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,

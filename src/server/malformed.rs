@@ -1,12 +1,14 @@
 //! Clear answers to bodies that are not one JSON-RPC message. The Streamable HTTP transport asks
 //! for HTTP 400 with a JSON-RPC error (no id) when the server cannot accept the input; rmcp
-//! would answer 415, which sends users looking at their Content-Type instead of their JSON.
+//! would answer 415 in plain text, even for a JSON object that is not a JSON-RPC message, which
+//! sends users looking at their Content-Type instead of their JSON.
 
 use axum::body::{Body, to_bytes};
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use rmcp::model::ClientJsonRpcMessage;
 use serde_json::{Value, json};
 
 pub async fn reject_malformed(request: Request, next: Next) -> Response {
@@ -30,7 +32,18 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
              2025-06-18; send one message per request"
                 .to_string(),
         )),
-        Ok(Value::Object(_)) => None,
+        Ok(message @ Value::Object(_)) => serde_json::from_value::<ClientJsonRpcMessage>(message)
+            .err()
+            .map(|e| {
+                (
+                    -32600,
+                    format!(
+                        "Invalid Request: the body is not a JSON-RPC 2.0 message ({e}); a \
+                         request has \"jsonrpc\": \"2.0\", an \"id\" (string or number), a \
+                         \"method\" and optional \"params\" (an object)"
+                    ),
+                )
+            }),
         Ok(_) => Some((
             -32600,
             "the body must be one JSON-RPC message (a JSON object)".to_string(),
