@@ -25,10 +25,27 @@ impl ServerProcess {
         Self::spawn(command)
     }
 
+    /// `wick serve --port 0 ARGS` with its stderr (the log, and any panic message) written to
+    /// `log` instead of the test's own stderr.
+    pub fn serve_logged(args: &[&str], log: &Path) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wick"));
+        command
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .env_remove("WICK_API_KEY")
+            .stderr(std::fs::File::create(log).expect("the log file"));
+        Self::start(command)
+    }
+
     pub fn spawn(mut command: Command) -> Self {
+        command.stderr(Stdio::inherit());
+        Self::start(command)
+    }
+
+    /// Starts `command` with stderr as configured, waits for its URL and for /health.
+    fn start(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("the server starts");
         let stdout = child.stdout.take().unwrap();
@@ -92,6 +109,13 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory of process `pid` in KiB, from /proc (Linux; `None` elsewhere).
+pub fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The binary of example `name`. `cargo test` builds the examples; it is built here too (once
