@@ -527,7 +527,12 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(response.status(), 400);
     let error = &messages(response).await[0]["error"];
     assert_eq!(error["code"], -32600);
-    assert!(error["message"].as_str().unwrap().contains("\"id\" (string or number)"));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"id\" (string or number)")
+    );
     // A 10 MB body: 413.
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
@@ -890,11 +895,10 @@ impl RawSession {
             .unwrap()
     }
 
-    /// `generate` with greedy sampling, streaming progress.
-    async fn generate(&self, max_tokens: u64) -> reqwest::Response {
+    /// `generate` with `arguments`, streaming progress.
+    async fn generate(&self, arguments: Value) -> reqwest::Response {
         let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "generate",
-            "arguments": {"prompt": ENDLESS, "max_tokens": max_tokens, "temperature": 0},
-            "_meta": {"progressToken": "r"}}});
+            "arguments": arguments, "_meta": {"progressToken": "r"}}});
         self.post(&call).await
     }
 
@@ -910,6 +914,17 @@ impl RawSession {
             .await
             .unwrap()
     }
+}
+
+/// Greedy `generate` arguments.
+fn greedy(max_tokens: u64) -> Value {
+    json!({"prompt": ENDLESS, "max_tokens": max_tokens, "temperature": 0})
+}
+
+/// Hot sampling: a stream of random tokens that seldom ends before `max_tokens`.
+fn hot(max_tokens: u64) -> Value {
+    json!({"prompt": ENDLESS, "max_tokens": max_tokens, "temperature": 2.0, "top_p": 1.0,
+           "top_k": 0, "seed": 7})
 }
 
 /// `(id, message)` for each SSE event with data, until `stop` says enough or the stream ends.
@@ -991,7 +1006,10 @@ fn assert_joined(first: &[(String, Value)], rest: &[(String, Value)]) {
 async fn a_broken_stream_resumes_from_last_event_id() {
     let server = server().await;
     let session = RawSession::open(&server).await;
-    let first = sse_events(session.generate(48).await, |e| progress_count(e) >= 5).await;
+    let first = sse_events(session.generate(greedy(48)).await, |e| {
+        progress_count(e) >= 5
+    })
+    .await;
     // The client went away; it comes back for the rest.
     let resumed = session.resume(&first.last().unwrap().0).await;
     assert_eq!(resumed.status(), 200);
@@ -1007,7 +1025,10 @@ async fn a_finished_stream_is_resumable_within_the_window() {
     let server = server().await;
     let engine = server.engine().await;
     let session = RawSession::open(&server).await;
-    let first = sse_events(session.generate(16).await, |e| progress_count(e) >= 3).await;
+    let first = sse_events(session.generate(greedy(16)).await, |e| {
+        progress_count(e) >= 3
+    })
+    .await;
     while engine.stats().active + engine.stats().queued > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1030,7 +1051,10 @@ async fn an_abandoned_stream_is_cancelled_after_the_resume_window() {
     let engine = server.engine().await;
     let session = RawSession::open(&server).await;
     // Far more tokens than this test waits for: only a cancellation ends it early.
-    let first = sse_events(session.generate(4000).await, |e| progress_count(e) >= 3).await;
+    let first = sse_events(session.generate(hot(4000)).await, |e| {
+        progress_count(e) >= 3
+    })
+    .await;
     for _ in 0..1200 {
         if engine.stats().cancelled == 1 {
             break;
@@ -1188,10 +1212,7 @@ async fn a_client_that_stops_reading_holds_up_nothing() {
     let max_tokens = 800;
     let call = |meta: Value| {
         json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "generate",
-            // Hot sampling: a stream of random tokens that seldom ends before `max_tokens`.
-            "arguments": {"prompt": ENDLESS, "max_tokens": max_tokens, "temperature": 2.0,
-                          "top_p": 1.0, "top_k": 0, "seed": 7},
-            "_meta": meta}})
+            "arguments": hot(max_tokens), "_meta": meta}})
     };
     let _in_session = stuck_post(
         &server,
@@ -1232,6 +1253,6 @@ async fn a_client_that_stops_reading_holds_up_nothing() {
     assert!(stats.tokens > 2 * 64, "{stats:?}");
     assert_eq!(stats.cancelled, 0, "{stats:?}");
     // The session that holds the stuck stream still answers.
-    let events = sse_events(session.generate(4).await, |_| false).await;
+    let events = sse_events(session.generate(greedy(4)).await, |_| false).await;
     assert!(has_result(&events), "{events:?}");
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::process::ServerProcess;
+use common::process::{ServerProcess, resident_kib};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -167,13 +167,6 @@ fn a_model_that_fails_to_load_is_never_announced_as_served() {
     );
     assert!(!stdout.contains("serving MCP at"), "{stdout}");
     assert!(stderr.contains("cannot load"), "{stderr}");
-}
-
-/// Resident memory of a process, from /proc (Linux).
-fn resident_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A flood of `initialize` requests, three times `--max-sessions`: the excess is refused, the

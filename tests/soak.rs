@@ -28,9 +28,9 @@ use serde_json::{Value, json};
 /// How `wick serve` runs for the soak (the default small model).
 const SERVER_ARGS: &[&str] = &[
     // An abandoned 2025-era stream goes on generating for this long, awaiting a Last-Event-ID
-    // reconnect, then is cancelled. Commented out until `--resume-window` reaches this branch
-    // (it is being added on main): enable it on merge.
-    // "--resume-window", "2",
+    // reconnect, then is cancelled.
+    "--resume-window",
+    "2",
 ];
 const CLIENTS: usize = 32;
 /// Seconds of calls in the short profile; `WICK_SOAK_SECS` overrides.
