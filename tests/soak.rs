@@ -558,7 +558,9 @@ impl Client {
         }
     }
 
-    async fn legacy(&mut self, plan: Plan, max_tokens: u32) -> Call {
+    /// A legacy SSE session: its stream and the URL to post messages to; `None` when the
+    /// server refused it as busy.
+    async fn open_legacy(&mut self) -> Result<Option<(Stream, String)>, String> {
         let response = self
             .http
             .get(format!("{}/sse", self.base))
@@ -566,7 +568,7 @@ impl Client {
             .await
             .map_err(|e| format!("GET /sse: {e}"))?;
         if response.status() == 503 {
-            return Ok(Outcome::Busy);
+            return Ok(None);
         }
         expect_status(&response, 200)?;
         let mut stream = Stream::new(response);
@@ -575,6 +577,13 @@ impl Client {
             return Err(format!("the first event is {event}: {endpoint}"));
         }
         let url = format!("{}{endpoint}", self.base);
+        Ok(Some((stream, url)))
+    }
+
+    async fn legacy(&mut self, plan: Plan, max_tokens: u32) -> Call {
+        let Some((mut stream, url)) = self.open_legacy().await? else {
+            return Ok(Outcome::Busy);
+        };
         let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2024-11-05", "capabilities": {},
             "clientInfo": {"name": "soak", "version": "0"}}});
@@ -831,18 +840,9 @@ impl Client {
 
     /// A body that is not JSON, in a live legacy SSE session.
     async fn legacy_garbage(&mut self) -> Call {
-        let response = self
-            .http
-            .get(format!("{}/sse", self.base))
-            .send()
-            .await
-            .map_err(|e| format!("GET /sse: {e}"))?;
-        if response.status() == 503 {
+        let Some((_stream, url)) = self.open_legacy().await? else {
             return Ok(Outcome::Busy);
-        }
-        let mut stream = Stream::new(response);
-        let (_, endpoint) = stream.next_event().await?.ok_or("no endpoint event")?;
-        let url = format!("{}{endpoint}", self.base);
+        };
         judge_malformed("bad JSON in a session", self.raw(&url, "}{", &[]).await).await
     }
 
