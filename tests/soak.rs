@@ -468,7 +468,26 @@ impl Client {
     }
 
     async fn post(&self, url: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
-        let mut request = self.http.post(url).json(body);
+        self.send(url, self.http.post(url).json(body), headers)
+            .await
+    }
+
+    /// POSTs `body` as it is, JSON or not.
+    async fn raw(&self, url: &str, body: &'static str, headers: &[(&str, &str)]) -> Response {
+        let request = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(url, request, headers).await
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        mut request: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+    ) -> Response {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -844,21 +863,6 @@ impl Client {
             return Ok(Outcome::Busy);
         };
         judge_malformed("bad JSON in a session", self.raw(&url, "}{", &[]).await).await
-    }
-
-    async fn raw(&self, url: &str, body: &'static str, headers: &[(&str, &str)]) -> Response {
-        let mut request = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .body(body);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        request
-            .send()
-            .await
-            .map_err(|e| format!("POST {url}: {e:?}"))
     }
 }
 

@@ -11,15 +11,22 @@ use axum::response::{IntoResponse, Response};
 use rmcp::model::ClientJsonRpcMessage;
 use serde_json::{Value, json};
 
+/// The whole body, for a layer that must read it before passing the request on; the body limit
+/// layer in front has already bounded its size, so a failure is a body past that limit.
+pub async fn buffered(body: Body) -> Result<axum::body::Bytes, Response> {
+    to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response())
+}
+
 pub async fn reject_malformed(request: Request, next: Next) -> Response {
     if request.method() != Method::POST {
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
-    // The body limit layer in front has already bounded the size.
-    let bytes = match to_bytes(body, usize::MAX).await {
+    let bytes = match buffered(body).await {
         Ok(bytes) => bytes,
-        Err(e) => return (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response(),
+        Err(refusal) => return refusal,
     };
     let problem = match serde_json::from_slice::<Value>(&bytes) {
         Err(e) => Some((

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::malformed;
 use super::resume::ResumableSessions;
 use super::sse_legacy;
 
@@ -91,9 +92,9 @@ pub async fn guard(
         return SessionLimit::refusal(message, None);
     }
     let (parts, body) = request.into_parts();
-    // The body limit layer in front has already bounded the size.
-    let Ok(bytes) = to_bytes(body, usize::MAX).await else {
-        return StatusCode::BAD_REQUEST.into_response();
+    let bytes = match malformed::buffered(body).await {
+        Ok(bytes) => bytes,
+        Err(refusal) => return refusal,
     };
     let initialize = serde_json::from_slice::<Value>(&bytes)
         .ok()
