@@ -325,3 +325,73 @@ fn connections_past_max_connections_are_refused() {
     }
     assert!(served, "closed connections make room");
 }
+
+/// Reads one HTTP/1.1 response from `stream` (a `content-length` body, or a chunked one that
+/// holds no `0\r\n\r\n` before its end): its head, lowercased.
+fn read_response_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut byte = [0u8; 1];
+    while !received.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed mid-head");
+        received.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&received).to_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        while !body.ends_with(b"0\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "closed mid-body");
+            body.push(byte[0]);
+        }
+    } else {
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse().unwrap());
+        stream.read_exact(&mut vec![0u8; length]).unwrap();
+    }
+    head
+}
+
+/// An answer that leaves its request's body unread (a DELETE that came with one) says
+/// `Connection: close`, since the server then closes the connection; one that read its body
+/// (a malformed POST, refused after reading) keeps the connection for the next request.
+#[test]
+fn an_answer_that_leaves_the_body_unread_says_connection_close() {
+    use std::io::Write;
+    let server = ServerProcess::serve(&[]);
+    let addr = server.base.trim_start_matches("http://");
+
+    let mut kept = std::net::TcpStream::connect(addr).unwrap();
+    let malformed = "{\"not\": \"json-rpc\"";
+    for _ in 0..2 {
+        write!(
+            kept,
+            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{malformed}",
+            malformed.len()
+        )
+        .unwrap();
+        let head = read_response_head(&mut kept);
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+
+    let mut unread = std::net::TcpStream::connect(addr).unwrap();
+    unread
+        .write_all(
+            b"DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: none\r\n\
+              Content-Length: 100000\r\n\r\n{\"partial\":",
+        )
+        .unwrap();
+    let head = read_response_head(&mut unread);
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(
+        read_until_closed(&mut unread),
+        "",
+        "closed after the answer"
+    );
+}

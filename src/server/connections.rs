@@ -1,12 +1,22 @@
 //! Accepting connections: at most `--max-connections` at once, each closed when it has not sent a
 //! whole request header within `--idle-connection-timeout` (a slowloris sender, or a keep-alive
 //! connection left idle), and a graceful stop. axum's own `serve` has neither knob, so this is
-//! its accept loop with them.
+//! its accept loop with them. An answer that leaves its request's body unread says
+//! `Connection: close`, because hyper is about to close that connection.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::Request;
+use axum::http::header::{CONNECTION, HeaderValue};
+use axum::http::{Version, request};
+use axum::middleware::Next;
+use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -38,6 +48,7 @@ pub fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(idle)
         .keep_alive_timeout(idle);
+    let app = app.layer(axum::middleware::from_fn(close_if_body_unread));
     accept(listener, app, builder, limit, stop)
 }
 
@@ -83,6 +94,59 @@ async fn accept(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// hyper closes an HTTP/1 connection whose last request body was not read to its end (the rest
+/// of it is still on the wire) — after a refusal, or a 204 to a DELETE that came with a body.
+/// Saying so keeps a pooled client from sending its next request down that connection.
+async fn close_if_body_unread(request: Request, next: Next) -> Response {
+    let (parts, body): (request::Parts, Body) = request.into_parts();
+    if parts.version > Version::HTTP_11 {
+        // HTTP/2 resets the one stream, not the connection (and has no Connection header).
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let read = Arc::new(AtomicBool::new(body.is_end_stream()));
+    let body = Body::new(Tracked {
+        inner: body,
+        read: read.clone(),
+    });
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    if !read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// A request body that records when it has been read to its end.
+struct Tracked {
+    inner: Body,
+    read: Arc<AtomicBool>,
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.read.store(true, Ordering::Release);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Answers a connection past the limit with 503 and closes it.

@@ -196,30 +196,6 @@ where
         ))
         .layer(axum::middleware::from_fn_with_state(policy, access::guard))
         .layer(cors)
-        .layer(axum::middleware::from_fn(close_after_refusal))
-}
-
-/// A request refused before its body was read leaves the rest of that body on the connection,
-/// so hyper closes it after the answer; saying `Connection: close` keeps a client from sending
-/// its next request down a connection that is about to go.
-async fn close_after_refusal(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
-    let headers = request.headers();
-    let has_body = headers.contains_key(TRANSFER_ENCODING)
-        || headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|length| length.as_bytes() != b"0");
-    let mut response = next.run(request).await;
-    let refused = response.status().is_client_error() || response.status().is_server_error();
-    if has_body && refused {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    response
 }
 
 /// The OpenAI-compatible API and `/metrics`: `wick serve`'s routes besides MCP.
