@@ -402,3 +402,57 @@ async fn qwen2_qwen3_and_phi3_models_load_and_generate() {
         assert_eq!((a.1, b.1), (alone.clone(), alone), "{architecture}");
     }
 }
+
+/// transformers (since 4.50) saves the chat template as `chat_template.jinja` rather than inside
+/// `tokenizer_config.json`: from the Hub, that file is fetched and chat uses it.
+#[tokio::test]
+async fn a_chat_template_in_its_own_file_is_used() {
+    let fixture = hf_fixture().await;
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        std::fs::hard_link(fixture.join(file), dir.path().join(file)).unwrap();
+    }
+    let mut tokenizer_config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let template = tokenizer_config
+        .as_object_mut()
+        .unwrap()
+        .remove("chat_template")
+        .unwrap();
+    std::fs::write(
+        dir.path().join("tokenizer_config.json"),
+        tokenizer_config.to_string(),
+    )
+    .unwrap();
+    let without = common::manager(LoadOptions::default())
+        .get(&ModelSelector::Path(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    assert!(!without.info().has_chat_template);
+
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        template.as_str().unwrap(),
+    )
+    .unwrap();
+    let hub = HubBuilder::new()
+        .repo("wick-tests/jinja", dir.path())
+        .start()
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let engine = manager_for(&hub.endpoint, cache.path())
+        .get(&repo("wick-tests/jinja"))
+        .await
+        .unwrap();
+    assert!(engine.info().has_chat_template);
+    let request = wick::GenerateRequest::chat(vec![wick::ChatMessage::user("What is 2 + 2?")])
+        .with_params(wick::SamplingParams::greedy(8));
+    let (_, _, summary) = run(&engine, request).await;
+    assert!(summary.prompt_tokens > 10, "the chat template was applied");
+}

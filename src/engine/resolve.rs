@@ -300,6 +300,7 @@ pub(crate) async fn fetch_files(model: &ResolvedModel, fetcher: &Fetcher) -> Res
             let tokenizer = source.required("tokenizer.json").await?;
             let tokenizer_config = source.optional("tokenizer_config.json").await?;
             let generation_config = source.optional("generation_config.json").await?;
+            let chat_template = source.optional("chat_template.jinja").await?;
             let weights = match source.optional("model.safetensors.index.json").await? {
                 Some(index) => {
                     let mut shards = Vec::new();
@@ -315,6 +316,7 @@ pub(crate) async fn fetch_files(model: &ResolvedModel, fetcher: &Fetcher) -> Res
                 tokenizer,
                 tokenizer_config,
                 generation_config,
+                chat_template,
                 weights,
             }))
         }

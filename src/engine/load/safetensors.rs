@@ -1,5 +1,6 @@
 //! Loading a model in the Hugging Face layout: `config.json`, safetensors weights (one file or
-//! shards with an index), `tokenizer.json`, and optional tokenizer and generation configs.
+//! shards with an index), `tokenizer.json`, and optional tokenizer and generation configs and
+//! `chat_template.jinja`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,9 @@ pub(crate) struct HfFiles {
     pub tokenizer: PathBuf,
     pub tokenizer_config: Option<PathBuf>,
     pub generation_config: Option<PathBuf>,
+    /// Where transformers (since 4.50) saves the chat template, instead of inside
+    /// `tokenizer_config.json`; it wins when both are there, as in transformers.
+    pub chat_template: Option<PathBuf>,
     pub weights: Vec<PathBuf>,
 }
 
@@ -29,6 +33,7 @@ impl HfFiles {
             .cloned()
             .chain(self.tokenizer_config.clone())
             .chain(self.generation_config.clone())
+            .chain(self.chat_template.clone())
             .chain(self.weights.iter().cloned())
             .collect()
     }
@@ -86,6 +91,13 @@ pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<Loa
         Some(path) => TokenizerConfig::from_file(path)?,
         None => TokenizerConfig::default(),
     };
+    let chat_template = match &files.chat_template {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Error::Load {
+            path: path.clone(),
+            message: e.to_string(),
+        })?),
+        None => tokenizer_config.chat_template,
+    };
 
     let weights_error = |message: String| Error::Load {
         path: files.weights.first().cloned().unwrap_or_default(),
@@ -109,7 +121,7 @@ pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<Loa
     Ok(LoadedModel {
         model: Arc::new(model),
         tokenizer,
-        chat_template: tokenizer_config.chat_template,
+        chat_template,
         bos_token: tokenizer_config.bos_token,
         eos_token: tokenizer_config.eos_token,
         eos_ids,

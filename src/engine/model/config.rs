@@ -243,6 +243,7 @@ impl Config {
         let head_dim = hf
             .head_dim
             .unwrap_or(hf.hidden_size / hf.num_attention_heads);
+        let rotary = Rotary::from_hf(&hf)?;
         let shape = Shape {
             hidden: hf.hidden_size,
             ffn: hf.intermediate_size,
@@ -252,11 +253,11 @@ impl Config {
             layers: hf.num_hidden_layers,
             context_length: hf.max_position_embeddings,
             norm_eps: hf.rms_norm_eps,
-            rope_theta: hf.rope_theta.unwrap_or(10_000.0) as f32,
+            rope_theta: rotary.theta,
         };
         let mut config = Self::new(family, shape);
-        config.rope_scaling = rope_scaling(hf.rope_scaling.as_ref())?;
-        if hf.partial_rotary_factor.is_some_and(|f| f != 1.0) {
+        config.rope_scaling = rotary.scaling;
+        if rotary.partial_factor.is_some_and(|f| f != 1.0) {
             return Err(
                 "partial rotary embeddings (`partial_rotary_factor`) are not supported".into(),
             );
@@ -297,7 +298,7 @@ impl Config {
                     }
                     _ => config.slide(window, Some(hf.sliding_window_pattern.unwrap_or(6))),
                 }
-                config.rope_local_theta = Some(hf.rope_local_base_freq.unwrap_or(10_000.0) as f32);
+                config.rope_local_theta = Some(rotary.local_theta.unwrap_or(10_000.0));
                 if let Some(scalar) = hf.query_pre_attn_scalar {
                     config.attention_scale = 1.0 / scalar.sqrt();
                 }
@@ -341,7 +342,58 @@ fn check_heads(heads: usize, kv_heads: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// `config.json`'s `rope_scaling`, refused by name where wick cannot honour it.
+/// The rotary embedding a `config.json` declares. transformers 5 writes only `rope_parameters`
+/// (one set, or for Gemma 3 one per layer type); older files have `rope_theta`, `rope_scaling`
+/// and `rope_local_base_freq`. Missing both, a model gets the old default silently wrong, so
+/// both are read.
+struct Rotary {
+    theta: f32,
+    scaling: RopeScaling,
+    /// The base of the sliding-window layers, where the file gives one.
+    local_theta: Option<f32>,
+    partial_factor: Option<f64>,
+}
+
+impl Rotary {
+    fn from_hf(hf: &HfConfig) -> Result<Self, String> {
+        let Some(parameters) = hf.rope_parameters.as_ref().filter(|v| v.is_object()) else {
+            return Ok(Self {
+                theta: hf.rope_theta.unwrap_or(10_000.0) as f32,
+                scaling: rope_scaling(hf.rope_scaling.as_ref())?,
+                local_theta: hf.rope_local_base_freq.map(|f| f as f32),
+                partial_factor: hf.partial_rotary_factor,
+            });
+        };
+        let (global, local) = match parameters.get("full_attention") {
+            Some(full) => (full, parameters.get("sliding_attention")),
+            None => (parameters, None),
+        };
+        let theta = |set: &Value| {
+            set["rope_theta"]
+                .as_f64()
+                .map(|t| t as f32)
+                .ok_or_else(|| format!("`rope_parameters` has no `rope_theta`: {set}"))
+        };
+        if let Some(local) = local
+            && rope_scaling(Some(local))? != RopeScaling::None
+        {
+            return Err(
+                "scaled rotary embeddings on sliding-window layers are not supported".into(),
+            );
+        }
+        Ok(Self {
+            theta: theta(global)?,
+            scaling: rope_scaling(Some(global))?,
+            local_theta: local.map(theta).transpose()?,
+            partial_factor: global["partial_rotary_factor"]
+                .as_f64()
+                .or(hf.partial_rotary_factor),
+        })
+    }
+}
+
+/// A rotary scaling (`rope_scaling`, or a set of `rope_parameters`), refused by name where wick
+/// cannot honour it.
 fn rope_scaling(value: Option<&Value>) -> Result<RopeScaling, String> {
     let Some(value) = value.filter(|v| !v.is_null()) else {
         return Ok(RopeScaling::None);
@@ -354,7 +406,7 @@ fn rope_scaling(value: Option<&Value>) -> Result<RopeScaling, String> {
         value[name]
             .as_f64()
             .map(|v| v as f32)
-            .ok_or_else(|| format!("rope_scaling `{kind}` has no `{name}`"))
+            .ok_or_else(|| format!("rotary scaling `{kind}` has no `{name}`"))
     };
     match kind {
         "default" => Ok(RopeScaling::None),
@@ -366,7 +418,7 @@ fn rope_scaling(value: Option<&Value>) -> Result<RopeScaling, String> {
             original_context: number("original_max_position_embeddings")?,
         }),
         other => Err(format!(
-            "rope_scaling `{other}` is not supported (wick supports linear and llama3)"
+            "rotary scaling `{other}` is not supported (wick supports linear and llama3)"
         )),
     }
 }
@@ -386,6 +438,7 @@ struct HfConfig {
     #[serde(default = "default_context")]
     max_position_embeddings: usize,
     rope_scaling: Option<Value>,
+    rope_parameters: Option<Value>,
     partial_rotary_factor: Option<f64>,
     hidden_act: Option<String>,
     hidden_activation: Option<String>,

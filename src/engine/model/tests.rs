@@ -336,6 +336,54 @@ fn unsupported_configs_are_refused_by_name() {
     }
 }
 
+/// transformers 5 writes the rotary settings only as `rope_parameters` (one set, or one per
+/// layer type for Gemma 3): such a file gives the same model as the older keys, theta included.
+#[test]
+fn transformers_5_rope_parameters_equal_the_older_keys() {
+    let llama3 = json!({
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 16,
+    });
+    let mut older = hf_config("llama");
+    older["rope_theta"] = json!(500000.0);
+    older["rope_scaling"] = llama3.clone();
+    let mut newer = hf_config("llama");
+    for key in ["rope_theta", "rope_scaling"] {
+        newer.as_object_mut().unwrap().remove(key);
+    }
+    let mut parameters = llama3;
+    parameters["rope_theta"] = json!(500000.0);
+    newer["rope_parameters"] = parameters;
+    let config = Config::from_hf(&newer).unwrap();
+    assert_eq!(config.rope_theta, 500000.0);
+    assert_eq!(config, Config::from_hf(&older).unwrap());
+
+    let mut older = hf_config("gemma3_text");
+    older["rope_theta"] = json!(1e6);
+    older["rope_scaling"] = json!({"rope_type": "linear", "factor": 8.0});
+    let mut newer = hf_config("gemma3_text");
+    for key in ["rope_theta", "rope_scaling", "rope_local_base_freq"] {
+        newer.as_object_mut().unwrap().remove(key);
+    }
+    newer["rope_parameters"] = json!({
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0},
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+    });
+    let config = Config::from_hf(&newer).unwrap();
+    assert_eq!(
+        (config.rope_theta, config.rope_local_theta),
+        (1e6, Some(1000.0))
+    );
+    assert_eq!(config, Config::from_hf(&older).unwrap());
+
+    newer["rope_parameters"]["sliding_attention"] = json!({"rope_type": "yarn", "factor": 2.0});
+    let error = Config::from_hf(&newer).unwrap_err();
+    assert!(error.contains("yarn"), "{error}");
+}
+
 #[test]
 fn a_prompt_in_chunks_and_beside_other_sequences_equals_one_pass() {
     for model_type in HF_FAMILIES {
