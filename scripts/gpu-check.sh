@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
 # Everything wick checks on a GPU machine, in one call. Given a compressed CUDA build of wick,
-# it makes random-weight models in the Hugging Face layout with transformers (SmolLM2-135M-shaped
-# and Qwen2.5-1.5B-shaped, bf16), generates greedily with wick and with PyTorch transformers on
-# the same weights and the same GPU, reports how many of the first 32 tokens agree and the decode
-# tokens/s of both, wick's aggregate tokens/s at 1, 8 and 32 concurrent streams (`wick bench
-# --concurrency`), then runs `wick serve` on the GPU with one streamed `generate` call over
-# loopback. The report goes to stdout and to $OUT/gpu-check.txt when OUT is set.
+# it makes random-weight models in the Hugging Face layout with transformers, one of each family
+# wick runs, in its real shape (SmolLM2-135M, Qwen2.5-1.5B, Qwen3-0.6B, Phi-3-mini, Gemma 3 270M;
+# bf16, saved as transformers saves them), generates greedily with wick and with PyTorch on the
+# same weights and the same GPU, and reports how many of the first 32 tokens agree (with
+# PyTorch's logits at the first disagreement, to tell a bf16 near-tie from a bug), the decode
+# tokens/s of both, and the bound that weight bytes per token and the measured copy bandwidth
+# set; then wick's aggregate tokens/s at 1, 8 and 32 concurrent streams (`wick bench
+# --concurrency`) for the SmolLM2 and Qwen2.5 shapes; then one streamed `generate` call to
+# `wick serve` on the GPU over loopback. The report goes to stdout and to $OUT/gpu-check.txt when
+# OUT is set. Arguments after the binary go to gpu_check.py (e.g. `--models qwen2.5-1.5b`).
 #
-# usage: scripts/gpu-check.sh path/to/wick.xz
+# usage: scripts/gpu-check.sh path/to/wick.xz [gpu_check.py options]
 #
-# Needs: an NVIDIA driver, Python with torch, transformers and safetensors (CUDA 13 libraries
-# inside torch's environment are put on LD_LIBRARY_PATH); no network.
+# The binary, built here (no GPU needed; x86-64-v3, not this CPU's own features, so that it
+# starts on the GPU host's CPU):
+#
+#     eval "$(scripts/cuda-toolchain.sh)"
+#     RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/gpu \
+#       cargo build --release --features cuda
+#     mkdir -p .gpu && xz -T0 -c target/gpu/release/wick > .gpu/wick.xz   # carry `.gpu`
+#
+# A dry run of the script without a GPU (a CPU build of wick, torch on the CPU, 2 layers):
+#
+#     python3 scripts/gpu_check.py --wick target/debug/wick --work /tmp/gpu-check \
+#       --device cpu --dtype f32 --layers 2 --concurrency 1,4
+#
+# Needs: an NVIDIA driver, Python with torch, transformers (5.x) and safetensors (CUDA 13
+# libraries inside torch's environment are put on LD_LIBRARY_PATH); no network.
 set -euo pipefail
-binary_xz="${1:?usage: gpu-check.sh path/to/wick.xz}"
+binary_xz="${1:?usage: gpu-check.sh path/to/wick.xz [gpu_check.py options]}"
+shift
 here="$(cd "$(dirname "$0")" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -32,4 +50,5 @@ export LD_LIBRARY_PATH
 
 log "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 log "wick: $("$work/wick" --version)"
-python3 "$here/gpu_check.py" --wick "$work/wick" --work "$work" | tee -a "${report:-/dev/null}"
+PYTHONUNBUFFERED=1 python3 "$here/gpu_check.py" --wick "$work/wick" --work "$work" "$@" 2>&1 \
+  | tee -a "${report:-/dev/null}"
