@@ -631,6 +631,29 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
             .contains("generate, list_models"),
         "{error}"
     );
+    // A call without params, or without a tool name: -32602 saying what a call needs.
+    for (id, call) in [
+        (
+            3,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call"}),
+        ),
+        (
+            4,
+            json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"arguments": {}}}),
+        ),
+    ] {
+        let reply = messages(post(&http, &server, &call, &in_session).await).await;
+        let answer = reply.last().unwrap();
+        assert_eq!(answer["id"], id);
+        assert_eq!(answer["error"]["code"], -32602, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("\"name\": a tool"),
+            "{answer}"
+        );
+    }
     // Wrong argument values and types: tool errors the calling model can read (SEP-1303).
     let cases = [
         (

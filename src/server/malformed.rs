@@ -1,14 +1,15 @@
 //! Clear answers to bodies that are not one JSON-RPC message. The Streamable HTTP transport asks
 //! for HTTP 400 with a JSON-RPC error (no id) when the server cannot accept the input; rmcp
 //! would answer 415 in plain text, even for a JSON object that is not a JSON-RPC message, which
-//! sends users looking at their Content-Type instead of their JSON.
+//! sends users looking at their Content-Type instead of their JSON. A `tools/call` whose params
+//! do not parse gets -32602 saying why, where rmcp would call it an unknown method (-32601).
 
 use axum::body::{Body, to_bytes};
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::model::ClientJsonRpcMessage;
+use rmcp::model::{CallToolRequestParams, ClientJsonRpcMessage};
 use serde_json::{Value, json};
 
 /// The whole body, for a layer that must read it before passing the request on; the body limit
@@ -56,6 +57,11 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
             "the body must be one JSON-RPC message (a JSON object)".to_string(),
         )),
     };
+    if problem.is_none()
+        && let Some(answer) = tool_call_params(&bytes)
+    {
+        return answer;
+    }
     match problem {
         Some((code, message)) => {
             let error = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
@@ -66,4 +72,27 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
                 .await
         }
     }
+}
+
+/// The in-band answer (HTTP 200, as rmcp gives -32602) to a `tools/call` request whose params
+/// are missing or lack what a call needs; `None` for anything else.
+fn tool_call_params(body: &[u8]) -> Option<Response> {
+    let message: Value = serde_json::from_slice(body).ok()?;
+    if message["method"] != "tools/call" {
+        return None;
+    }
+    let id = message.get("id")?;
+    let problem = match message.get("params").filter(|p| !p.is_null()) {
+        None => "no params".to_string(),
+        Some(params) => serde_json::from_value::<CallToolRequestParams>(params.clone())
+            .err()?
+            .to_string(),
+    };
+    let message = format!(
+        "Invalid params for tools/call ({problem}): it needs \"params\": {{\"name\": a tool, \
+         \"arguments\": an object}}"
+    );
+    let error =
+        json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": message } });
+    Some(axum::Json(error).into_response())
 }
