@@ -10,6 +10,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{CallToolRequestParams, ClientJsonRpcMessage};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The whole body, for a layer that must read it before passing the request on; the body limit
@@ -40,28 +41,25 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
              2025-06-18; send one message per request"
                 .to_string(),
         )),
-        Ok(message @ Value::Object(_)) => serde_json::from_value::<ClientJsonRpcMessage>(message)
-            .err()
-            .map(|e| {
-                (
-                    -32600,
-                    format!(
-                        "Invalid Request: the body is not a JSON-RPC 2.0 message ({e}); a \
-                         request has \"jsonrpc\": \"2.0\", an \"id\" (string or number), a \
-                         \"method\" and optional \"params\" (an object)"
-                    ),
-                )
-            }),
+        Ok(message @ Value::Object(_)) => match ClientJsonRpcMessage::deserialize(&message) {
+            Err(e) => Some((
+                -32600,
+                format!(
+                    "Invalid Request: the body is not a JSON-RPC 2.0 message ({e}); a request \
+                     has \"jsonrpc\": \"2.0\", an \"id\" (string or number), a \"method\" and \
+                     optional \"params\" (an object)"
+                ),
+            )),
+            Ok(_) => match tool_call_params(&message) {
+                Some(answer) => return answer,
+                None => None,
+            },
+        },
         Ok(_) => Some((
             -32600,
             "the body must be one JSON-RPC message (a JSON object)".to_string(),
         )),
     };
-    if problem.is_none()
-        && let Some(answer) = tool_call_params(&bytes)
-    {
-        return answer;
-    }
     match problem {
         Some((code, message)) => {
             let error = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
@@ -76,8 +74,7 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
 
 /// The in-band answer (HTTP 200, as rmcp gives -32602) to a `tools/call` request whose params
 /// are missing or lack what a call needs; `None` for anything else.
-fn tool_call_params(body: &[u8]) -> Option<Response> {
-    let message: Value = serde_json::from_slice(body).ok()?;
+fn tool_call_params(message: &Value) -> Option<Response> {
     if message["method"] != "tools/call" {
         return None;
     }
