@@ -21,11 +21,13 @@
 #       cargo build --release --features cuda
 #     mkdir -p .gpu && xz -T0 -c target/gpu/release/wick > .gpu/wick.xz   # carry `.gpu`
 #
-# A dry run of the script without a GPU (a CPU build of wick, torch on the CPU, 2 layers):
+# A dry run without a GPU, of this script and that very binary (it falls back to the CPU with
+# the toolchain's libcuda stub; torch on the CPU, f32, 2 layers), takes about a minute:
 #
-#     python3 scripts/gpu_check.py --wick target/debug/wick --work /tmp/gpu-check \
-#       --device cpu --dtype f32 --layers 2 --concurrency 1,4
+#     LD_LIBRARY_PATH=~/.cache/wick/cuda-13.0/lib/stubs:~/.cache/wick/cuda-13.0/lib \
+#       scripts/gpu-check.sh .gpu/wick.xz --device cpu --dtype f32 --layers 2 --concurrency 1,2
 #
+# (with an `nvidia-smi` on PATH that prints a line, and python3 with torch and transformers).
 # Needs: an NVIDIA driver, Python with torch, transformers (5.x) and safetensors (CUDA 13
 # libraries inside torch's environment are put on LD_LIBRARY_PATH); no network.
 set -euo pipefail
@@ -40,13 +42,21 @@ log() { printf '%s\n' "$*" | tee -a "${report:-/dev/null}"; }
 xz -dc "$binary_xz" > "$work/wick"
 chmod +x "$work/wick"
 
-# The CUDA 13 libraries wick links against live in PyTorch's environment.
+# The CUDA 13 libraries wick links against (cudart, cublas, curand; libcuda from the driver)
+# live in PyTorch's environment or a system CUDA; say which are missing before anything runs.
 site="$(python3 -c 'import site, sys; print(site.getsitepackages()[0])')"
 cuda_libs="$(find "$site" -name 'libcublas.so.13' -printf '%h\n' 2>/dev/null | head -1)"
-for dir in "$site"/nvidia/*/lib "$cuda_libs"; do
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 \
+  "$site"/nvidia/*/lib "$cuda_libs"; do
   [[ -d "$dir" ]] && LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 export LD_LIBRARY_PATH
+missing="$(ldd "$work/wick" | grep 'not found' || true)"
+if [[ -n "$missing" ]]; then
+  log "wick cannot start, libraries not found (LD_LIBRARY_PATH=$LD_LIBRARY_PATH):"
+  log "$missing"
+  exit 1
+fi
 
 log "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader)"
 log "wick: $("$work/wick" --version)"
