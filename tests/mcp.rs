@@ -417,6 +417,26 @@ async fn an_expired_session_gets_404_and_the_client_initializes_again() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = post(&http, &server, &ping, &headers).await.status();
     assert_eq!(status, 404, "the session should have expired");
+    // So is a DELETE of it: there is nothing to end.
+    let delete = |headers: [(&'static str, String); 2]| {
+        let mut request = http.delete(server.mcp());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+    let version = ("mcp-protocol-version", "2025-11-25".to_string());
+    let response = delete([("mcp-session-id", session.clone()), version.clone()])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    // An open session's DELETE ends it with 204.
+    let response = post(&http, &server, &init, &[]).await;
+    let open = response.headers()["mcp-session-id"].to_str().unwrap();
+    let response = delete([("mcp-session-id", open.to_string()), version])
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
 
     // rmcp's client meets the same 404 and initializes a new session by itself.
     let (client, _) = connect(&server, Era::Sessions).await;

@@ -356,7 +356,7 @@ fn read_response_head(stream: &mut std::net::TcpStream) -> String {
     head
 }
 
-/// An answer that leaves its request's body unread (a DELETE that came with one) says
+/// An answer that leaves its request's body unread (a 204 to a DELETE that came with one) says
 /// `Connection: close`, since the server then closes the connection; one that read its body
 /// (a malformed POST, refused after reading) keeps the connection for the next request.
 #[test]
@@ -380,14 +380,28 @@ fn an_answer_that_leaves_the_body_unread_says_connection_close() {
         assert!(!head.contains("connection: close"), "{head}");
     }
 
+    // An open session's DELETE, with a body it does not read: 204, and the connection closes.
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+    let session = reqwest::blocking::Client::new()
+        .post(format!("{}/mcp", server.base))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(init)
+        .send()
+        .unwrap()
+        .headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let mut unread = std::net::TcpStream::connect(addr).unwrap();
-    unread
-        .write_all(
-            b"DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: none\r\n\
-              Content-Length: 100000\r\n\r\n{\"partial\":",
-        )
-        .unwrap();
+    write!(
+        unread,
+        "DELETE /mcp HTTP/1.1\r\nHost: localhost\r\nMcp-Session-Id: {session}\r\n\
+         Mcp-Protocol-Version: 2025-11-25\r\nContent-Length: 100000\r\n\r\n{{\"partial\":"
+    )
+    .unwrap();
     let head = read_response_head(&mut unread);
+    assert!(head.starts_with("http/1.1 204"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
     assert_eq!(
         read_until_closed(&mut unread),

@@ -134,7 +134,7 @@ where
         session_manager.clone(),
         legacy_sessions.clone(),
     ));
-    let mcp = StreamableHttpService::new(move || Ok(factory()), session_manager, config);
+    let mcp = StreamableHttpService::new(move || Ok(factory()), session_manager.clone(), config);
 
     let policy = Arc::new(AccessPolicy::new(
         options.host,
@@ -159,7 +159,10 @@ where
     Router::new()
         .nest_service("/mcp", mcp)
         .layer(axum::middleware::from_fn(malformed::reject_malformed))
-        .layer(axum::middleware::from_fn(deleted_is_no_content))
+        .layer(axum::middleware::from_fn_with_state(
+            session_manager,
+            delete_session,
+        ))
         .merge(sse_legacy::routes(
             make_handler,
             legacy_sessions,
@@ -221,16 +224,30 @@ pub fn api_routes(state: Arc<ServerState>) -> Router {
     )
 }
 
-/// rmcp answers a session's DELETE with 202, which the MCP SDKs log as a failed termination
-/// (Python: `Session termination failed: 202`): they expect 200 or 204. The session is closed
-/// by then, so say 204.
-async fn deleted_is_no_content(
+/// A session's DELETE. rmcp closes whatever id it is given and answers 202, which the MCP SDKs
+/// log as a failed termination (Python: `Session termination failed: 202`): a session that was
+/// open gets 204 instead, and one that is not gets rmcp's own 404 for any request naming an
+/// ended session, as MCP asks.
+async fn delete_session(
+    State(sessions): State<Arc<resume::ResumableSessions>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let delete = request.method() == axum::http::Method::DELETE;
+    use rmcp::transport::streamable_http_server::SessionManager;
+    if request.method() != axum::http::Method::DELETE {
+        return next.run(request).await;
+    }
+    let id = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|id| id.to_str().ok());
+    if let Some(id) = id
+        && !sessions.has_session(&id.into()).await.unwrap_or(true)
+    {
+        return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+    }
     let mut response = next.run(request).await;
-    if delete && response.status() == StatusCode::ACCEPTED {
+    if response.status() == StatusCode::ACCEPTED {
         *response.status_mut() = StatusCode::NO_CONTENT;
         *response.body_mut() = axum::body::Body::empty();
     }
