@@ -135,42 +135,42 @@ def torch_greedy(model, new_tokens, device):
     return tokens, steps, new_tokens / (time.perf_counter() - start)
 
 
+def run_wick(wick, *args, timeout=None):
+    """`wick` with `args`; its output, or an error with the end of its stderr."""
+    run = subprocess.run([wick, *args], capture_output=True, text=True, timeout=timeout)
+    if run.returncode != 0:
+        raise RuntimeError(f"wick {args[0]} failed ({run.returncode}): {run.stderr[-2000:]}")
+    return run
+
+
 def wick_greedy(wick, directory, new_tokens, device, dtype):
     prompt = " ".join(f"t{i}" for i in PROMPT_IDS)
-    run = subprocess.run(
-        [wick, "generate", prompt, "--model-path", str(directory), "--device", device,
-         "--dtype", dtype, "--temperature", "0", "--repeat-penalty", "1", "--ignore-eos",
-         "--max-tokens", str(new_tokens)],
-        capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"wick generate failed ({run.returncode}): {run.stderr[-2000:]}")
+    run = run_wick(wick, "generate", prompt, "--model-path", str(directory), "--device", device,
+                   "--dtype", dtype, "--temperature", "0", "--repeat-penalty", "1",
+                   "--ignore-eos", "--max-tokens", str(new_tokens))
     ids = [int(t[1:]) for t in run.stdout.split() if re.fullmatch(r"t\d+", t)]
     rate = re.search(r"decode ([0-9.]+) tokens/s", run.stderr)
     return ids, float(rate.group(1)) if rate else float("nan")
 
 
-def disagreement(ours, reference, steps):
-    """Where wick's tokens first leave PyTorch's, with PyTorch's logits of both tokens there:
-    a gap within bf16's rounding is a near-tie, not a bug."""
+def agreement(ours, reference, steps):
+    """How many leading tokens agree, and where wick's first leave PyTorch's, with PyTorch's
+    logits of both tokens there (a gap within bf16's rounding is a near-tie, not a bug)."""
     for i, (a, b) in enumerate(zip(ours, reference)):
         if a != b:
             logits = steps[i]
-            return (f"step {i}: wick t{a} (torch logit {logits[a]:.4f}), torch t{b} "
-                    f"(logit {logits[b]:.4f}), gap {logits[b] - logits[a]:.4f}")
+            return i, (f"step {i}: wick t{a} (torch logit {logits[a]:.4f}), torch t{b} "
+                       f"(logit {logits[b]:.4f}), gap {logits[b] - logits[a]:.4f}")
     if len(ours) < len(reference):
-        return f"wick gave {len(ours)} tokens, torch {len(reference)}"
-    return None
+        return len(ours), f"wick gave {len(ours)} tokens, torch {len(reference)}"
+    return len(reference), None
 
 
 def wick_concurrency(wick, directory, device, dtype, levels):
     """Aggregate decode tokens/s of `levels` concurrent streams (one forward pass per step)."""
-    run = subprocess.run(
-        [wick, "bench", "--model-path", str(directory), "--device", device, "--dtype", dtype,
-         "-q", "--concurrency", ",".join(map(str, levels)), "-p", "32", "-n", "128", "-r", "1",
-         "--json"],
-        capture_output=True, text=True, timeout=600)
-    if run.returncode != 0:
-        raise RuntimeError(f"wick bench failed ({run.returncode}): {run.stderr[-2000:]}")
+    run = run_wick(wick, "bench", "--model-path", str(directory), "--device", device,
+                   "--dtype", dtype, "-q", "--concurrency", ",".join(map(str, levels)),
+                   "-p", "32", "-n", "128", "-r", "1", "--json", timeout=600)
     return {row["concurrency"]: row for row in json.loads(run.stdout)}
 
 
@@ -258,12 +258,10 @@ def main():
             failures.append(model_name)
             print(f"{model_name:<14} FAILED: {e}")
             continue
-        agree = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b),
-                     min(len(ours), COMPARE))
+        agree, gap = agreement(ours, reference, steps)
         bound = bandwidth / weights
         print(f"{model_name:<14} {weights / 1e9:>10.3f} {agree:>9} {wick_rate:>11.1f} "
               f"{torch_rate:>12.1f} {bound:>12.0f}")
-        gap = disagreement(ours, reference, steps)
         if gap:
             print(f"{'':<14} first disagreement: {gap}")
         if model_name in args.concurrency_models.split(","):

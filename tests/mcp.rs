@@ -418,25 +418,11 @@ async fn an_expired_session_gets_404_and_the_client_initializes_again() {
     let status = post(&http, &server, &ping, &headers).await.status();
     assert_eq!(status, 404, "the session should have expired");
     // So is a DELETE of it: there is nothing to end.
-    let delete = |headers: [(&'static str, String); 2]| {
-        let mut request = http.delete(server.mcp());
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        request.send()
-    };
-    let version = ("mcp-protocol-version", "2025-11-25".to_string());
-    let response = delete([("mcp-session-id", session.clone()), version.clone()])
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(delete(&http, &server, &session).await.status(), 404);
     // An open session's DELETE ends it with 204.
     let response = post(&http, &server, &init, &[]).await;
     let open = response.headers()["mcp-session-id"].to_str().unwrap();
-    let response = delete([("mcp-session-id", open.to_string()), version])
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 204);
+    assert_eq!(delete(&http, &server, open).await.status(), 204);
 
     // rmcp's client meets the same 404 and initializes a new session by itself.
     let (client, _) = connect(&server, Era::Sessions).await;
@@ -453,6 +439,16 @@ async fn an_expired_session_gets_404_and_the_client_initializes_again() {
         "a new session was made"
     );
     client.cancel().await.unwrap();
+}
+
+/// DELETE of a 2025-era session.
+async fn delete(http: &reqwest::Client, server: &TestServer, session: &str) -> reqwest::Response {
+    http.delete(server.mcp())
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn post(
@@ -1199,14 +1195,7 @@ async fn sessions_past_the_limit_are_refused_and_open_ones_keep_working() {
     assert_eq!(client.list_all_tools().await.unwrap().len(), 3);
 
     // A deleted session makes room at once.
-    let deleted = http
-        .delete(server.mcp())
-        .header("mcp-session-id", &sessions[0])
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(delete(&http, &server, &sessions[0]).await.status(), 204);
     assert_eq!(post(&http, &server, &init(20), &[]).await.status(), 200);
     assert_eq!(post(&http, &server, &init(21), &[]).await.status(), 503);
     // Idle sessions expire and make room too.

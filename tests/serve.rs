@@ -169,6 +169,23 @@ fn a_model_that_fails_to_load_is_never_announced_as_served() {
     assert!(stderr.contains("cannot load"), "{stderr}");
 }
 
+/// A 2025-era `initialize` request with `id`: the response, which opens a session on 200.
+fn initialize(
+    http: &reqwest::blocking::Client,
+    server: &ServerProcess,
+    id: usize,
+) -> reqwest::blocking::Response {
+    http.post(server.mcp())
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "serve-tests", "version": "0"}}}),
+        )
+        .send()
+        .unwrap()
+}
+
 /// A flood of `initialize` requests, three times `--max-sessions`: the excess is refused, the
 /// refusals cost no memory, and an open session still works.
 #[test]
@@ -179,17 +196,7 @@ fn a_session_flood_is_refused_past_max_sessions_and_memory_stays_flat() {
     let max = 200;
     let server = ServerProcess::serve(&["--max-sessions", &max.to_string()]);
     let http = reqwest::blocking::Client::new();
-    let initialize = |id: usize| {
-        http.post(server.mcp())
-            .header("accept", "application/json, text/event-stream")
-            .json(
-                &json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-                "protocolVersion": "2025-11-25", "capabilities": {},
-                "clientInfo": {"name": "flood", "version": "0"}}}),
-            )
-            .send()
-            .unwrap()
-    };
+    let initialize = |id: usize| initialize(&http, &server, id);
     let pid = server.child.id();
     let start = resident_kib(pid).unwrap();
     let sessions: Vec<String> = (0..max)
@@ -381,18 +388,11 @@ fn an_answer_that_leaves_the_body_unread_says_connection_close() {
     }
 
     // An open session's DELETE, with a body it does not read: 204, and the connection closes.
-    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
-    let session = reqwest::blocking::Client::new()
-        .post(format!("{}/mcp", server.base))
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(init)
-        .send()
-        .unwrap()
-        .headers()["mcp-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let session =
+        initialize(&reqwest::blocking::Client::new(), &server, 0).headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
     let mut unread = std::net::TcpStream::connect(addr).unwrap();
     write!(
         unread,

@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
+use axum::http::Version;
 use axum::http::header::{CONNECTION, HeaderValue};
-use axum::http::{Version, request};
 use axum::middleware::Next;
 use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -100,7 +100,7 @@ async fn accept(
 /// of it is still on the wire) — after a refusal, or a 204 to a DELETE that came with a body.
 /// Saying so keeps a pooled client from sending its next request down that connection.
 async fn close_if_body_unread(request: Request, next: Next) -> Response {
-    let (parts, body): (request::Parts, Body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     if parts.version > Version::HTTP_11 {
         // HTTP/2 resets the one stream, not the connection (and has no Connection header).
         return next.run(Request::from_parts(parts, body)).await;

@@ -81,7 +81,7 @@ fn tool_call_params(message: &Value) -> Option<Response> {
     let id = message.get("id")?;
     let problem = match message.get("params").filter(|p| !p.is_null()) {
         None => "no params".to_string(),
-        Some(params) => serde_json::from_value::<CallToolRequestParams>(params.clone())
+        Some(params) => CallToolRequestParams::deserialize(params)
             .err()?
             .to_string(),
     };
