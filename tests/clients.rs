@@ -43,7 +43,7 @@ fn run(mut command: Command) -> Transcript {
         .iter()
         .find(|(k, _)| k == "RESULT")
         .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}"));
+        .unwrap_or_else(|| panic!("no RESULT line in:\n{stdout}\n{stderr}"));
     Transcript {
         progress,
         result,

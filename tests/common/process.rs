@@ -4,6 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -175,14 +176,20 @@ pub fn client_tools() -> PathBuf {
         .clone()
 }
 
-/// The script `name` from tests/clients, placed where its Node packages resolve.
+/// The script `name` from tests/clients, placed where its Node packages resolve. Placed by
+/// rename, never by copying over it: tests run in parallel, and a client started on a script
+/// another test had just truncated would run an empty file and exit 0 having done nothing.
 pub fn client_script(name: &str) -> PathBuf {
+    static PLACED: AtomicUsize = AtomicUsize::new(0);
     let tools = client_tools();
     let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/clients")
         .join(name);
+    let unique = PLACED.fetch_add(1, Ordering::Relaxed);
+    let staged = tools.join(format!(".{name}.{}.{unique}", std::process::id()));
+    std::fs::copy(&source, &staged).expect("copy the client script");
     let target = tools.join(name);
-    std::fs::copy(&source, &target).expect("copy the client script");
+    std::fs::rename(&staged, &target).expect("place the client script");
     target
 }
 
