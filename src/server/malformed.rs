@@ -30,19 +30,19 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
         Ok(bytes) => bytes,
         Err(refusal) => return refusal,
     };
-    let problem = match serde_json::from_slice::<Value>(&bytes) {
-        Err(e) => Some((
+    let refusal = match serde_json::from_slice::<Value>(&bytes) {
+        Err(e) => Some(invalid(
             -32700,
             format!("Parse error: the body is not valid JSON ({e})"),
         )),
-        Ok(Value::Array(_)) => Some((
+        Ok(Value::Array(_)) => Some(invalid(
             -32600,
             "JSON-RPC batches are not supported: MCP removed them in protocol revision \
              2025-06-18; send one message per request"
                 .to_string(),
         )),
         Ok(message @ Value::Object(_)) => match ClientJsonRpcMessage::deserialize(&message) {
-            Err(e) => Some((
+            Err(e) => Some(invalid(
                 -32600,
                 format!(
                     "Invalid Request: the body is not a JSON-RPC 2.0 message ({e}); a request \
@@ -50,26 +50,28 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
                      optional \"params\" (an object)"
                 ),
             )),
-            Ok(_) => match tool_call_params(&message) {
-                Some(answer) => return answer,
-                None => None,
-            },
+            Ok(_) => tool_call_params(&message),
         },
-        Ok(_) => Some((
+        Ok(_) => Some(invalid(
             -32600,
             "the body must be one JSON-RPC message (a JSON object)".to_string(),
         )),
     };
-    match problem {
-        Some((code, message)) => {
-            let error = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
-            (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
-        }
+    match refusal {
+        Some(refusal) => refusal,
         None => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
     }
+}
+
+/// HTTP 400 with a JSON-RPC error and no id: the body never got as far as a request rmcp could
+/// answer.
+fn invalid(code: i32, message: String) -> Response {
+    let error =
+        json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+    (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
 }
 
 /// The in-band answer (HTTP 200, as rmcp gives -32602) to a `tools/call` request whose params
