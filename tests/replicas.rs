@@ -28,8 +28,9 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The HAProxy that tests/clients/setup.sh provided (see tests/clients/haproxy.sh).
 fn haproxy() -> Command {
-    let mut command = Command::new("haproxy");
+    let mut command = Command::new(client_tools().join("bin/haproxy"));
     // Only what the test sets reaches the configuration.
     command.env_clear();
     if let Some(path) = std::env::var_os("PATH") {
@@ -64,7 +65,7 @@ impl Haproxy {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("haproxy runs (apt-get install haproxy)");
+            .expect("haproxy runs (tests/clients/haproxy.sh provides it)");
         let mut proxy = Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
@@ -244,7 +245,7 @@ fn the_shipped_haproxy_config_and_kubernetes_manifests_are_valid() {
             .arg(&config)
             .envs(env.iter().copied())
             .output()
-            .expect("haproxy runs (apt-get install haproxy)");
+            .expect("haproxy runs (tests/clients/haproxy.sh provides it)");
         assert!(
             output.status.success(),
             "haproxy -c with {env:?}:\n{}{}",
@@ -606,4 +607,112 @@ fn a_draining_replica_finishes_its_calls_while_the_others_take_new_ones() {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("the draining replica did not exit");
+}
+
+/// A directory of links to just `tools` from this PATH, to run a script on a PATH of its own.
+fn path_of(dir: &Path, tools: &[&str]) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("a bin directory");
+    for tool in tools {
+        std::os::unix::fs::symlink(on_path(tool), bin.join(tool)).expect("link a tool");
+    }
+    bin
+}
+
+/// Where `tool` is on this PATH.
+fn on_path(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").expect("PATH");
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} on PATH"))
+}
+
+#[test]
+fn haproxy_setup_without_apt_get_names_the_command_to_run() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let bin = path_of(dir.path(), &["mkdir", "rm", "id", "grep"]);
+    // bash itself by its full path: the script's PATH has no bash on it.
+    let output = Command::new(on_path("bash"))
+        .arg(repo("tests/clients/haproxy.sh"))
+        .arg(dir.path().join("tools"))
+        .env("PATH", &bin)
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install -y haproxy") && stderr.contains("no apt-get"),
+        "{stderr}"
+    );
+}
+
+/// The path a user without root takes: Debian's package and the libraries this system lacks,
+/// downloaded and unpacked into the tools directory. As root, the test drops to `nobody`.
+#[test]
+fn haproxy_setup_without_root_unpacks_debians_package() {
+    let apt_get = Command::new("sh")
+        .args(["-c", "command -v apt-get"])
+        .output();
+    if !apt_get.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no apt-get here, so no Debian package to unpack");
+        return;
+    }
+    let root = is_root();
+    if root {
+        // A fresh image may have no package lists yet: fetching them needs root, as a user's
+        // administrator would.
+        let policy = Command::new("apt-cache")
+            .args(["policy", "haproxy"])
+            .output();
+        let known =
+            policy.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Candidate: 2"));
+        if !known {
+            let update = Command::new("apt-get").args(["update", "-qq"]).status();
+            assert!(update.is_ok_and(|s| s.success()), "apt-get update");
+        }
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let tools = dir.path().join("tools");
+    let mut command = if root {
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("let nobody write the tools directory");
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"]);
+        command
+    } else {
+        Command::new("bash")
+    };
+    // Debian keeps haproxy in /usr/sbin, which is not on this PATH, as on a user's.
+    let output = command
+        .arg(repo("tests/clients/haproxy.sh"))
+        .arg(&tools)
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .output()
+        .expect("the setup step runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    if !Path::new("/usr/bin/haproxy").exists() {
+        assert!(tools.join("haproxy/usr/sbin/haproxy").is_file(), "{stderr}");
+    }
+    let version = Command::new(tools.join("bin/haproxy"))
+        .arg("-v")
+        .env_clear()
+        .output()
+        .expect("the unpacked haproxy runs");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("HAProxy version"),
+        "{version:?}"
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

