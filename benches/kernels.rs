@@ -2,7 +2,8 @@
 //! shapes of the models it benchmarks — candle's quantized kernel on the weights as stored, the
 //! same with the inner dimension zero-padded to a multiple of 256 (where candle's fast x86
 //! kernels apply), wick's own Q8_0 kernel for several rows (AVX-512 VNNI, where candle's fast
-//! kernels do not apply), and dequantize + f32 GEMM:
+//! kernels do not apply), wick's own Q4_K and Q6_K kernels (blocks as stored), and dequantize +
+//! f32 GEMM:
 //!
 //! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second.
 //!
@@ -24,10 +25,10 @@ fn bench(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K] {
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
         for (out, inner) in SHAPES {
             let padded = inner.div_ceil(256) * 256;
-            if dtype == GgmlDType::Q4K && inner % 256 != 0 {
+            if dtype != GgmlDType::Q8_0 && inner % 256 != 0 {
                 continue;
             }
             let w = Tensor::randn(0f32, 0.02, (out, inner), &device).expect("weights");
@@ -58,6 +59,13 @@ fn bench(c: &mut Criterion) {
                 {
                     group.bench_function(BenchmarkId::new(&name, "wick_q8_0"), |b| {
                         b.iter(|| wick::engine::q8_0_rows_kernel(q, &values, rows))
+                    });
+                }
+                if let QMatMul::QTensor(q) = &plain
+                    && let Some(Ok(_)) = wick::engine::k_quant_rows_kernel(q, &values, rows)
+                {
+                    group.bench_function(BenchmarkId::new(&name, "wick_k_quant"), |b| {
+                        b.iter(|| wick::engine::k_quant_rows_kernel(q, &values, rows))
                     });
                 }
                 if let QMatMul::QTensor(q) = &plain {

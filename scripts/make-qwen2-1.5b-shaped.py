@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make a random-weight GGUF shaped exactly like Qwen2.5-1.5B-Instruct, quantized to Q4_K_M.
+"""Make a random-weight GGUF shaped exactly like Qwen2.5-1.5B-Instruct, quantized to Q4_K_M (or --type).
 
 What it makes
 -------------
@@ -22,7 +22,8 @@ Weights are random: matrices, embeddings and biases ~ N(0, 0.02) drawn from nump
 --seed (deterministic for a given seed and numpy version), norm weights are all 1.0. Matrices
 are F16, norms and biases F32, as convert_hf_to_gguf.py --outtype f16 writes them. The F16
 file is written tensor by tensor (peak memory is one tensor, about 0.5 GB for token_embd),
-next to --out, then quantized with `llama-quantize <f16> <out> Q4_K_M` and deleted.
+next to --out, then quantized with `llama-quantize <f16> <out> Q4_K_M` (or the --type given:
+any type llama-quantize names, e.g. Q8_0) and deleted.
 
 Why
 ---
@@ -39,7 +40,7 @@ Usage
         --vocab    /path/to/llama.cpp/models/ggml-vocab-qwen2.gguf \\
         --quantize /path/to/llama.cpp/build/bin/llama-quantize \\
         --out      /tmp/qwen2-1.5b-shaped-q4_k_m.gguf \\
-        [--seed 0] [--threads N]
+        [--type Q4_K_M] [--seed 0] [--threads N]
 
 Needs about 3.1 GB free disk beside --out for the F16 intermediate (the result is ~1.1 GB).
 Check it with e.g. `llama-bench -m /tmp/qwen2-1.5b-shaped-q4_k_m.gguf`.
@@ -191,7 +192,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vocab", required=True, type=Path, help="ggml-vocab-qwen2.gguf")
     ap.add_argument("--quantize", required=True, type=Path, help="llama-quantize binary")
-    ap.add_argument("--out", required=True, type=Path, help="the Q4_K_M GGUF to write")
+    ap.add_argument("--out", required=True, type=Path, help="the GGUF to write")
+    ap.add_argument("--type", default="Q4_K_M",
+                    help="llama-quantize's type for the result (default Q4_K_M; e.g. Q8_0)")
     ap.add_argument("--seed", type=int, default=0, help="weights RNG seed (default 0)")
     ap.add_argument("--threads", type=int, default=None,
                     help="llama-quantize threads (default: its own, all cores)")
@@ -207,7 +210,7 @@ def main():
         log(f"wrote {f16} ({f16.stat().st_size} bytes, {n_params} parameters, "
             f"vocab {n_vocab}) in {t1 - t0:.1f} s")
 
-        cmd = [str(args.quantize), str(f16), str(out), "Q4_K_M"]
+        cmd = [str(args.quantize), str(f16), str(out), args.type]
         if args.threads:
             cmd.append(str(args.threads))
         log("running: " + " ".join(cmd))

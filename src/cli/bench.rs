@@ -75,6 +75,15 @@ pub struct BenchRow {
     pub stddev_ts: f64,
     pub samples_ns: Vec<u64>,
     pub samples_ts: Vec<f64>,
+    /// tg tests: the weight bytes one decode step reads (`ModelInfo::weight_bytes_per_token`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_bytes_per_token: Option<u64>,
+    /// tg tests: those bytes times tokens/s, in GB/s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights_gb_per_s: Option<f64>,
+    /// tg tests on the CPU: the machine's memory read bandwidth, measured in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_gb_per_s: Option<f64>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -109,9 +118,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .filter(|&&n| n > 0)
         .map(|&n| (n, 0))
         .chain(args.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
+    // The bound a decode step works against, measured with the threads it computes with.
+    let bandwidth = (engine.info().device == "cpu" && args.n_gen.iter().any(|&n| n > 0))
+        .then(|| memory_bandwidth(candle_core::utils::get_num_threads()));
     let mut report = Report::new(args.json, print_header, print_row);
     for (n_prompt, n_gen) in tests {
-        report.push(measure(&engine, n_prompt, n_gen, args.repetitions.max(1)).await?);
+        let mut row = measure(&engine, n_prompt, n_gen, args.repetitions.max(1)).await?;
+        if n_gen > 0 {
+            let bytes = engine.info().weight_bytes_per_token;
+            row.weight_bytes_per_token = Some(bytes);
+            row.weights_gb_per_s = Some(bytes as f64 * row.avg_ts / 1e9);
+            row.memory_gb_per_s = bandwidth;
+        }
+        report.push(row);
     }
     report.finish()
 }
@@ -195,7 +214,37 @@ async fn measure(
         stddev_ts: stddev(&samples_ts),
         samples_ns,
         samples_ts,
+        weight_bytes_per_token: None,
+        weights_gb_per_s: None,
+        memory_gb_per_s: None,
     })
+}
+
+/// The machine's memory read bandwidth in GB/s: `threads` threads each summing its share of a
+/// buffer far larger than the caches, the best of five passes.
+fn memory_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    // Ones, not zeros: every page is really there, not the shared zero page; in the pages
+    // wick keeps weights in.
+    let buffer = vec![1u64; BYTES / 8];
+    // SAFETY: the bytes of initialized u64s, borrowed for this call only.
+    let bytes = unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<u8>(), BYTES) };
+    crate::engine::model::kernels::prefer_huge_pages(bytes);
+    let share = buffer.len().div_ceil(threads.max(1));
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let total: u64 = std::thread::scope(|scope| {
+            let parts: Vec<_> = buffer
+                .chunks(share)
+                .map(|part| scope.spawn(move || part.iter().fold(0u64, |a, &v| a.wrapping_add(v))))
+                .collect();
+            parts.into_iter().map(|p| p.join().unwrap_or(0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max(BYTES as f64 / started.elapsed().as_secs_f64() / 1e9);
+    }
+    best
 }
 
 async fn once(
@@ -378,23 +427,34 @@ fn stddev(values: &[f64]) -> f64 {
 
 fn print_header() {
     println!(
-        "| {:<30} | {:<11} | {:<6} | {:>7} | {:>8} | {:>20} |",
-        "model", "backend", "device", "threads", "test", "t/s"
+        "| {:<30} | {:<11} | {:<6} | {:>7} | {:>8} | {:>20} | {:>9} | {:>7} | {:>12} |",
+        "model", "backend", "device", "threads", "test", "t/s", "MB/token", "GB/s", "of memory"
     );
     println!(
-        "| {:-<30} | {:-<11} | {:-<6} | {:->7}: | {:->7}: | {:->19}: |",
-        "", "", "", "", "", ""
+        "| {:-<30} | {:-<11} | {:-<6} | {:->7}: | {:->7}: | {:->19}: | {:->8}: | {:->6}: | {:->11}: |",
+        "", "", "", "", "", "", "", "", ""
     );
 }
 
 fn print_row(row: &BenchRow) {
+    let or_blank = |v: Option<String>| v.unwrap_or_default();
+    let of_memory = row
+        .weights_gb_per_s
+        .zip(row.memory_gb_per_s)
+        .map(|(used, memory)| format!("{:.0}% of {memory:.1}", 100.0 * used / memory));
     println!(
-        "| {:<30} | {:<11} | {:<6} | {:>7} | {:>8} | {:>20} |",
+        "| {:<30} | {:<11} | {:<6} | {:>7} | {:>8} | {:>20} | {:>9} | {:>7} | {:>12} |",
         row.model,
         row.backend,
         row.device,
         row.n_threads,
         row.test,
-        format!("{:.2} ± {:.2}", row.avg_ts, row.stddev_ts)
+        format!("{:.2} ± {:.2}", row.avg_ts, row.stddev_ts),
+        or_blank(
+            row.weight_bytes_per_token
+                .map(|b| format!("{:.1}", b as f64 / 1e6))
+        ),
+        or_blank(row.weights_gb_per_s.map(|g| format!("{g:.1}"))),
+        or_blank(of_memory),
     );
 }

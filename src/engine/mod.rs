@@ -99,6 +99,9 @@ pub struct ModelInfo {
     pub dtype: String,
     pub context_length: usize,
     pub has_chat_template: bool,
+    /// The bytes of weights one decode step reads: every projection once (a tied output once),
+    /// not the embedding table, of which a step reads one row per token.
+    pub weight_bytes_per_token: u64,
 }
 
 /// Live counters of one engine, shared with its decode loop.
@@ -281,10 +284,27 @@ pub fn q8_0_rows_kernel(
     x: &[f32],
     rows: usize,
 ) -> Option<Result<Vec<f32>>> {
-    if !model::q8_0::available() || !model::q8_0::applies(weight) {
+    if !model::kernels::q8_0::available() || !model::kernels::q8_0::applies(weight) {
         return None;
     }
-    Some(model::q8_0::matmul(&[weight], x, rows).map(|mut outputs| outputs.remove(0)))
+    Some(model::kernels::q8_0::matmul(&[weight], x, rows).map(|mut outputs| outputs.remove(0)))
+}
+
+/// wick's k-quant kernel (Q4_K, Q6_K) at this CPU's widest SIMD level, for `cargo bench --bench
+/// kernels`: `x` `(rows, k)` row-major times `weight` `(n, k)` transposed, or `None` where this
+/// CPU or weight does not take it.
+#[doc(hidden)]
+pub fn k_quant_rows_kernel(
+    weight: &candle_core::quantized::QTensor,
+    x: &[f32],
+    rows: usize,
+) -> Option<Result<Vec<f32>>> {
+    let level = model::kernels::Level::best()?;
+    if !model::kernels::k_quant_applies(weight) {
+        return None;
+    }
+    let outputs = model::kernels::k_quant_matmul(&[weight], x, rows, level);
+    Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
 
 /// Token ids that end a generation: the model's EOS ids and the chat template's end of turn.

@@ -92,6 +92,7 @@ pub(crate) fn start_engine(
         dtype: loaded.dtype.clone(),
         context_length: loaded.model.config().context_length,
         has_chat_template: chat.is_ok(),
+        weight_bytes_per_token: loaded.model.weight_bytes() as u64,
     };
     let limits = Limits {
         max_active: options.max_active.max(1),

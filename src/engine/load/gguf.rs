@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use super::LoadedModel;
 use crate::engine::chat::TokenizerConfig;
 use crate::engine::gguf_metadata::Metadata;
-use crate::engine::model::{Config, Family, Linear, WeightSource};
+use crate::engine::model::{Config, Embedding, Family, Linear, WeightSource};
 use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
 
@@ -147,6 +147,14 @@ impl<R: Read + Seek> WeightSource for GgufSource<'_, R> {
             self.repacked += 1;
         }
         Linear::quantized(weight, bias, self.device)
+    }
+
+    fn embedding(&mut self, name: &str) -> Result<Embedding> {
+        let table = self.tensor(name)?;
+        Ok(match self.device.is_cpu() {
+            true => Embedding::quantized(table)?,
+            false => Embedding::Dense(table.dequantize(self.device)?),
+        })
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::LoadedModel;
 use crate::engine::chat::TokenizerConfig;
-use crate::engine::model::{Config, Family, Linear, WeightSource, hf_name};
+use crate::engine::model::{Config, Embedding, Family, Linear, WeightSource, hf_name};
 use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
 
@@ -156,6 +156,10 @@ impl WeightSource for SafetensorsSource {
 
     fn linear(&mut self, name: &str, bias: Option<Tensor>) -> Result<Linear> {
         Ok(Linear::dense(self.dense(name)?, bias))
+    }
+
+    fn embedding(&mut self, name: &str) -> Result<Embedding> {
+        Ok(Embedding::Dense(self.dense(name)?))
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {

@@ -2,6 +2,8 @@
 //! behind candle's `QMatMul`.
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
+//! Q4_K and Q6_K matrices take wick's own kernels (`kernels/`) for calls of fewer than
+//! [`GEMM_ROWS`] rows, the decode rows: they read the blocks as stored, on AVX2 or AVX-512 VNNI.
 //! Where candle's fast x86 kernels apply (AVX-512 VNNI; Q4_K, Q6_K and Q8_0 with an inner
 //! dimension that is a multiple of 256) they beat dequantizing for a GEMM at every prompt length.
 //! Where they do not, candle's kernel takes rows one by one, so chunks of [`GEMM_ROWS`] or more
@@ -16,7 +18,7 @@
 //! A forward pass carries the rows of many sequences, and a sequence's tokens must not depend on
 //! its neighbours. candle's kernels give a row the same bits whatever other rows share the call,
 //! except where the kernel itself changes with the number of rows: the GEMM above (and candle's
-//! AMX tiles for Q4_K) from 32 rows, Q6_K's one-row kernel, and the dense GEMM, whose blocking
+//! AMX tiles for Q4_K) from 32 rows, candle's one-row Q6_K kernel, and the dense GEMM, whose blocking
 //! follows the row count. So on the CPU a segment of [`GEMM_ROWS`] or more rows (a prompt chunk)
 //! is multiplied alone; shorter segments (decode rows) share calls of fewer than [`GEMM_ROWS`]
 //! rows; a lone row on a Q6_K fast matrix is padded to two; dense weights go one segment at a
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, Device, Module, Tensor};
 
-use super::q8_0;
+use super::kernels::{self, q8_0};
 use crate::error::Result;
 
 /// From this many rows on, a CPU matmul without a fast kernel dequantizes and runs a GEMM:
@@ -56,13 +58,22 @@ pub(crate) struct Linear {
     pad_single: bool,
     /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's own (see `q8_0.rs`).
     q8_0: Option<Arc<QTensor>>,
+    /// A Q4_K or Q6_K matrix on a CPU that runs wick's k-quant kernels, for calls of fewer than
+    /// [`GEMM_ROWS`] rows.
+    k_quant: Option<(Arc<QTensor>, kernels::Level)>,
 }
 
 impl Linear {
     pub fn quantized(weight: QTensor, bias: Option<Tensor>, device: &Device) -> Result<Self> {
         let fast = device.is_cpu() && fast_kernels() && has_fast_kernel(&weight);
-        let pad_single = fast && weight.dtype() == GgmlDType::Q6K;
+        if device.is_cpu() {
+            kernels::prefer_huge_pages(&weight.data()?);
+        }
+        let level = kernels::Level::best().filter(|_| device.is_cpu());
+        let k_quant = level.filter(|_| kernels::k_quant_applies(&weight));
+        let pad_single = fast && weight.dtype() == GgmlDType::Q6K && k_quant.is_none();
         let weight = Arc::new(weight);
+        let k_quant = k_quant.map(|level| (weight.clone(), level));
         let matmul = QMatMul::from_arc(weight.clone())?;
         let slow = device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_));
         let q8_0 = (slow && q8_0::available() && q8_0::applies(&weight)).then(|| weight.clone());
@@ -73,6 +84,7 @@ impl Linear {
             per_segment: device.is_cpu(),
             pad_single,
             q8_0,
+            k_quant,
         })
     }
 
@@ -84,6 +96,25 @@ impl Linear {
             bias,
             pad_single: false,
             q8_0: None,
+            k_quant: None,
+        }
+    }
+
+    /// The bytes of the matrix a multiplication reads (as stored, or dense).
+    pub fn bytes(&self) -> usize {
+        match &self.matmul {
+            QMatMul::QTensor(weight) => weight.storage_size_in_bytes(),
+            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => {
+                w.elem_count() * w.dtype().size_in_bytes()
+            }
+        }
+    }
+
+    /// The quantized matrix, where the projection keeps one (a tied embedding table reads it).
+    pub fn quantized_weight(&self) -> Option<&Arc<QTensor>> {
+        match &self.matmul {
+            QMatMul::QTensor(weight) => Some(weight),
+            _ => None,
         }
     }
 
@@ -115,9 +146,10 @@ impl Linear {
                 true => Tensor::cat(&[&x, &x.zeros_like()?], 0)?,
                 false => x,
             };
-            let fused = match N {
-                1 => None,
-                _ => Self::fused(&linears, &input)?,
+            let fused = match Self::k_quant_rows(&linears, &input)? {
+                Some(outputs) => Some(outputs),
+                None if N > 1 => Self::fused(&linears, &input)?,
+                None => None,
             };
             let outputs = match fused {
                 Some(outputs) => outputs,
@@ -203,10 +235,39 @@ impl Linear {
     fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();
-        let Some(weights) = weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) else {
-            return Ok(None);
-        };
-        let outputs = q8_0::matmul(&weights, &x.flatten_all()?.to_vec1::<f32>()?, rows)?;
+        match weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) {
+            Some(weights) => Self::own_kernel(linears, x, |x| q8_0::matmul(&weights, x, rows)),
+            None => Ok(None),
+        }
+    }
+
+    /// wick's k-quant kernels over `x`, `(rows, in)`, for fewer than [`GEMM_ROWS`] rows when
+    /// every projection has them (a mix of Q4_K and Q6_K shares one quantization of `x`).
+    fn k_quant_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let rows = x.dim(0)?;
+        let weights: Option<Vec<&QTensor>> = linears
+            .iter()
+            .map(|l| l.k_quant.as_ref().map(|(w, _)| w.as_ref()))
+            .collect();
+        match (weights, &linears[0].k_quant) {
+            (Some(weights), Some((_, level))) if rows < GEMM_ROWS => {
+                Self::own_kernel(linears, x, |x| {
+                    kernels::k_quant_matmul(&weights, x, rows, *level)
+                })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// One of wick's kernels over `x`'s values, `(rows, in)` row-major, into one tensor (with
+    /// its bias) per projection.
+    fn own_kernel(
+        linears: &[&Linear],
+        x: &Tensor,
+        kernel: impl FnOnce(&[f32]) -> Result<Vec<Vec<f32>>>,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let rows = x.dim(0)?;
+        let outputs = kernel(&x.flatten_all()?.to_vec1::<f32>()?)?;
         let outputs = linears.iter().zip(outputs).map(|(l, y)| {
             let n = y.len() / rows;
             l.add_bias(Tensor::from_vec(y, (rows, n), x.device())?)

@@ -2,14 +2,16 @@
 
 mod attention;
 pub(crate) mod config;
+mod embedding;
+pub(crate) mod kernels;
 mod kv;
 mod linear;
-pub(crate) mod q8_0;
 mod rope;
 mod transformer;
 pub(crate) mod weights;
 
 pub(crate) use config::{Config, Family};
+pub(crate) use embedding::Embedding;
 pub(crate) use kv::KvCache;
 pub(crate) use linear::Linear;
 pub(crate) use transformer::{Segment, Transformer};

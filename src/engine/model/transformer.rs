@@ -9,6 +9,7 @@ use candle_core::{D, DType, Device, Tensor};
 
 use super::attention::decode_attention;
 use super::config::{Activation, Config, RopeScaling};
+use super::embedding::Embedding;
 use super::kv::KvCache;
 use super::linear::Linear;
 use super::rope::Rope;
@@ -50,7 +51,7 @@ struct Layer {
 
 pub(crate) struct Transformer {
     config: Config,
-    embed: Tensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Tensor,
     output: Linear,
@@ -77,11 +78,21 @@ impl Transformer {
             let w = source.dense(name)?;
             Ok(if offset != 0.0 { (w + offset)? } else { w })
         };
-        let embed = source.dense("token_embd.weight")?;
-        // Tied embeddings: without its own output matrix the model reuses the embeddings.
+        let mut embed = source.embedding("token_embd.weight")?;
+        // Tied embeddings: without its own output matrix the model reuses the embeddings, and
+        // where the output keeps the table as stored, the lookups read that one copy.
         let output = match source.contains("output.weight") {
             true => source.linear("output.weight", None)?,
-            false => source.linear("token_embd.weight", None)?,
+            false => {
+                let output = source.linear("token_embd.weight", None)?;
+                if let (Embedding::Quantized(table), Some(weight)) =
+                    (&embed, output.quantized_weight())
+                    && table.dtype() == weight.dtype()
+                {
+                    embed = Embedding::Quantized(weight.clone());
+                }
+                output
+            }
         };
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
@@ -154,6 +165,26 @@ impl Transformer {
         &self.config
     }
 
+    /// The bytes of weights one decode step reads (see `ModelInfo::weight_bytes_per_token`).
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let qkv = match &layer.qkv {
+                    Qkv::Separate { q, k, v } => q.bytes() + k.bytes() + v.bytes(),
+                    Qkv::Fused(qkv) => qkv.bytes(),
+                };
+                let gate_up = match &layer.gate_up {
+                    GateUp::Separate { gate, up } => gate.bytes() + up.bytes(),
+                    GateUp::Fused(gate_up) => gate_up.bytes(),
+                };
+                qkv + layer.o.bytes() + gate_up + layer.down.bytes()
+            })
+            .sum();
+        layers + self.output.bytes()
+    }
+
     /// The bytes of a cache with room for `positions`.
     pub fn cache_bytes(&self, positions: usize) -> usize {
         KvCache::bytes_for(&self.config, positions, self.dtype)
@@ -189,7 +220,6 @@ impl Transformer {
             }
         }
         let lens: Vec<usize> = segments.iter().map(|s| s.tokens.len()).collect();
-        let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
         let global = self.rope.tables(&positions)?;
         let local = match self.config.sliding_window {
@@ -197,7 +227,7 @@ impl Transformer {
             None => None,
         };
 
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.rows(&ids)?;
         if let Some(scale) = self.config.embed_scale {
             x = (x * scale)?;
         }

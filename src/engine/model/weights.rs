@@ -5,6 +5,7 @@
 use candle_core::{DType, Tensor};
 
 use super::config::Family;
+use super::embedding::Embedding;
 use super::linear::Linear;
 use crate::error::Result;
 
@@ -15,7 +16,10 @@ pub(crate) trait WeightSource {
     fn contains(&self, name: &str) -> bool;
     /// A projection's matrix, kept quantized where the source is.
     fn linear(&mut self, name: &str, bias: Option<Tensor>) -> Result<Linear>;
-    /// Any other tensor (embeddings, norms, biases), dense in [`WeightSource::dtype`].
+    /// The token embedding table, kept quantized where the source is and rows are looked up on
+    /// the CPU.
+    fn embedding(&mut self, name: &str) -> Result<Embedding>;
+    /// Any other tensor (norms, biases), dense in [`WeightSource::dtype`].
     fn dense(&mut self, name: &str) -> Result<Tensor>;
 }
 

@@ -1,0 +1,127 @@
+use candle_core::{Device, Tensor};
+
+use super::*;
+
+/// Random weights `(n, k)` quantized to `dtype`, and their dequantized f32 values.
+fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (QTensor, Vec<f32>) {
+    let device = Device::Cpu;
+    // A small linear congruential generator: the same weights on every machine.
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..n * k)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.05
+        })
+        .collect();
+    let w = Tensor::from_vec(values, (n, k), &device).unwrap();
+    let q = QTensor::quantize(&w, dtype).unwrap();
+    let dense = q.dequantize(&device).unwrap().flatten_all().unwrap();
+    (q, dense.to_vec1().unwrap())
+}
+
+fn inputs(m: usize, k: usize) -> Vec<f32> {
+    // Deterministic, uneven, with a few large values, as real activations have.
+    (0..m * k)
+        .map(|i| {
+            let v = ((i * 7919 % 1009) as f32 - 504.0) / 300.0;
+            if i % 97 == 0 { v * 20.0 } else { v }
+        })
+        .collect()
+}
+
+/// Each level against the block-by-block reference (the same bits), and the reference against
+/// dequantize + f32 within the rounding of the activations to 8 bits.
+#[test]
+fn every_level_matches_the_reference_and_f32_within_the_activation_rounding() {
+    let levels = Level::supported();
+    if levels.is_empty() {
+        return;
+    }
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for (n, k) in [(40, 256), (33, 1536), (19, 8960)] {
+            let (q, dense) = weights(dtype, n, k, 7);
+            for m in [1, 2, 3, 8, 17, 32] {
+                let x = inputs(m, k);
+                let acts = Q8K::quantize(&x, m);
+                let data = q.data().unwrap();
+                let bytes = data.len() / n;
+                for level in &levels {
+                    let y = &k_quant_matmul(&[&q], &x, m, *level).unwrap()[0];
+                    for r in 0..m {
+                        for c in 0..n {
+                            let column = &data[c * bytes..(c + 1) * bytes];
+                            let expected = k_quants::reference(dtype, column, &acts, r);
+                            assert_eq!(
+                                y[r * n + c].to_bits(),
+                                expected.to_bits(),
+                                "{dtype:?} {level:?} {n}x{k}, {m} rows: row {r} column {c}"
+                            );
+                        }
+                    }
+                }
+                let y = &k_quant_matmul(&[&q], &x, m, levels[0]).unwrap()[0];
+                for r in 0..m {
+                    let row = &x[r * k..(r + 1) * k];
+                    for c in 0..n {
+                        let w = &dense[c * k..(c + 1) * k];
+                        let exact: f64 = w.iter().zip(row).map(|(&w, &x)| f64::from(w * x)).sum();
+                        // Each activation is off by at most half its block's step (amax / 127).
+                        let bound: f64 = (0..k / QK_K)
+                            .map(|b| {
+                                let block = &row[b * QK_K..(b + 1) * QK_K];
+                                let step = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                                let weight: f32 =
+                                    w[b * QK_K..(b + 1) * QK_K].iter().map(|v| v.abs()).sum();
+                                f64::from(step / 2.0 * weight)
+                            })
+                            .sum();
+                        let magnitude: f64 = w
+                            .iter()
+                            .zip(row)
+                            .map(|(&w, &x)| f64::from((w * x).abs()))
+                            .sum();
+                        let error = (f64::from(y[r * n + c]) - exact).abs();
+                        assert!(
+                            error <= bound * 1.001 + magnitude * 1e-5,
+                            "{dtype:?} {n}x{k}: row {r} column {c}: {error} > {bound}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row's bits do not depend on the other rows of the call, nor on the matrices beside it.
+#[test]
+fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
+    let Some(level) = Level::best() else {
+        return;
+    };
+    let (q4, _) = weights(GgmlDType::Q4K, 72, 1536, 1);
+    let (q6, _) = weights(GgmlDType::Q6K, 40, 1536, 2);
+    let x = inputs(32, 1536);
+    let together = k_quant_matmul(&[&q4, &q6], &x, 32, level).unwrap();
+    for r in [0, 5, 16, 31] {
+        let row = &x[r * 1536..(r + 1) * 1536];
+        let alone = k_quant_matmul(&[&q6, &q4], row, 1, level).unwrap();
+        assert_eq!(alone[1], together[0][r * 72..(r + 1) * 72], "Q4_K row {r}");
+        assert_eq!(alone[0], together[1][r * 40..(r + 1) * 40], "Q6_K row {r}");
+    }
+}
+
+#[test]
+fn other_types_and_shapes_are_refused() {
+    let (q8, _) = weights(GgmlDType::Q8_0, 32, 512, 3);
+    assert!(!k_quant_applies(&q8));
+    let (q4, _) = weights(GgmlDType::Q4K, 32, 512, 3);
+    assert!(k_quant_applies(&q4));
+    if let Some(level) = Level::best() {
+        assert!(k_quant_matmul(&[&q4], &inputs(1, 256), 1, level).is_err());
+        assert!(k_quant_matmul(&[&q8], &inputs(1, 512), 1, level).is_err());
+    }
+}
