@@ -4,13 +4,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = wick::cli::Cli::parse();
-    if let Some(threads) = cli.threads {
-        // candle sizes its CPU thread pools from these variables when it first needs them.
-        // SAFETY: no other thread exists yet (the async runtime is built below).
-        unsafe {
-            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-        }
+    let (threads, warning) = wick::cli::threads(cli.threads);
+    if let Some(warning) = warning {
+        eprintln!("warning: {warning}");
+    }
+    // candle and wick's kernels size their CPU thread pools from these variables when they first
+    // need them.
+    // SAFETY: no other thread exists yet (the async runtime is built below).
+    unsafe {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
     }
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)

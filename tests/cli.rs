@@ -346,3 +346,41 @@ fn exported_files_share_one_mode() {
     assert_eq!(mode("model.safetensors"), mode("config.json"));
     assert_eq!(mode("tokenizer.json"), mode("config.json"));
 }
+
+/// `-t`: never more threads by default than the CPUs the process may use (here its affinity,
+/// one CPU); a warning where `-t` asks for more; 0 refused.
+#[test]
+fn threads_follow_the_cpus_the_process_may_use() {
+    let taskset = Command::new("taskset").arg("--version").output();
+    if !taskset.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: no taskset here");
+        return;
+    }
+    let bench = |threads: &[&str]| {
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", "0", env!("CARGO_BIN_EXE_wick")])
+            .args(threads)
+            .args(["bench", "-p", "0", "-n", "2", "-r", "1", "--json"]);
+        let out = command.output().expect("taskset runs wick");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
+        (rows[0]["n_threads"].as_u64(), text(&out.stderr))
+    };
+    let (threads, stderr) = bench(&[]);
+    assert_eq!(threads, Some(1), "{stderr}");
+    assert!(!stderr.contains("warning: -t"), "{stderr}");
+    let (threads, stderr) = bench(&["-t", "3"]);
+    assert_eq!(threads, Some(3));
+    assert!(
+        stderr.contains("-t 3 is more threads than the 1 CPUs this process may use"),
+        "{stderr}"
+    );
+    let out = wick(&["-t", "0", "models"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("0 threads cannot compute"),
+        "{}",
+        text(&out.stderr)
+    );
+}

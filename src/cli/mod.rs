@@ -27,8 +27,9 @@ pub struct Cli {
     /// overrides the log filter).
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// CPU threads for the model's math (default: one per physical core).
-    #[arg(short = 't', long, global = true)]
+    /// CPU threads for the model's math (default: one per physical core, at most the CPUs this
+    /// process may use: its CPU affinity and cgroup quota).
+    #[arg(short = 't', long, global = true, value_parser = at_least_one_thread)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
@@ -248,4 +249,31 @@ fn init_logging(quiet: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+fn at_least_one_thread(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("0 threads cannot compute; give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}: give a number of threads, e.g. -t 2")),
+    }
+}
+
+/// The threads the model's math runs on: `requested` (`-t`), or one per physical core but never
+/// more than the CPUs this process may use (affinity and cgroup quota: a pod limited to 2 CPUs on
+/// a 64-core node gets 2). With a warning to print where `-t` asks for more than that: spinning
+/// threads that outnumber their CPUs wait for each other at every operation.
+pub fn threads(requested: Option<usize>) -> (usize, Option<String>) {
+    let usable = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match requested {
+        Some(threads) if threads > usable => (
+            threads,
+            Some(format!(
+                "-t {threads} is more threads than the {usable} CPUs this process may use \
+                 (CPU affinity, cgroup quota): decoding will be far slower than with -t {usable}"
+            )),
+        ),
+        Some(threads) => (threads, None),
+        None => (candle_core::utils::get_num_threads().min(usable), None),
+    }
 }
