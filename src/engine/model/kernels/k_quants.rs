@@ -37,6 +37,24 @@ unsafe fn f16_at(p: *const u8) -> f32 {
     f16::from_bits(unsafe { p.cast::<u16>().read_unaligned() }).to_f32()
 }
 
+/// A Q4_K block's `d`, `dmin`, 8 scales and 8 mins.
+///
+/// # Safety
+/// `block` points at a whole Q4_K block.
+#[inline(always)]
+unsafe fn q4k_header(block: *const u8) -> (f32, f32, [u8; 8], [u8; 8]) {
+    // SAFETY: the first 16 bytes of the block (the caller's promise); u8 arrays have alignment 1.
+    let (d, dmin, packed) = unsafe {
+        (
+            f16_at(block),
+            f16_at(block.add(2)),
+            &*block.add(4).cast::<[u8; 12]>(),
+        )
+    };
+    let (scales, mins) = q4k_scales_mins(packed);
+    (d, dmin, scales, mins)
+}
+
 /// A Q4_K block's 8 scales and 8 mins from its 12 packed bytes (ggml's `utmp` shuffle).
 #[inline(always)]
 fn q4k_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
@@ -82,11 +100,8 @@ pub(crate) fn reference(
         match dtype {
             GgmlDType::Q4K => {
                 let block = &column[b * Q4K_BYTES..][..Q4K_BYTES];
-                // SAFETY: two bytes each.
-                let (d, dmin) = unsafe { (f16_at(block.as_ptr()), f16_at(block[2..].as_ptr())) };
-                let mut packed = [0u8; 12];
-                packed.copy_from_slice(&block[4..16]);
-                let (scales, mins) = q4k_scales_mins(&packed);
+                // SAFETY: a whole block.
+                let (d, dmin, scales, mins) = unsafe { q4k_header(block.as_ptr()) };
                 for c in 0..4 {
                     for p in 0..32 {
                         let byte = block[16 + 32 * c + p];
@@ -167,9 +182,7 @@ pub(crate) mod x86 {
                 let block = unsafe { column.add(b * Q4K_BYTES) };
                 // Memory streams better asked for ahead of need (a prefetch past the end is harmless).
                 _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH).cast());
-                let (d, dmin) = unsafe { (f16_at(block), f16_at(block.add(2))) };
-                let packed: &[u8; 12] = unsafe { &*block.add(4).cast() };
-                let (scales, mins) = q4k_scales_mins(packed);
+                let (d, dmin, scales, mins) = unsafe { q4k_header(block) };
                 let scales = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(eight(scales)));
                 let mins = mins_twice(mins);
                 let mut weights = [_mm512_setzero_si512(); 4];
@@ -224,9 +237,7 @@ pub(crate) mod x86 {
                 let block = unsafe { column.add(b * Q4K_BYTES) };
                 // Memory streams better asked for ahead of need (a prefetch past the end is harmless).
                 _mm_prefetch::<_MM_HINT_T0>(block.wrapping_add(PREFETCH).cast());
-                let (d, dmin) = unsafe { (f16_at(block), f16_at(block.add(2))) };
-                let packed: &[u8; 12] = unsafe { &*block.add(4).cast() };
-                let (scales, mins) = q4k_scales_mins(packed);
+                let (d, dmin, scales, mins) = unsafe { q4k_header(block) };
                 let mins = mins_twice(mins);
                 let mut dots = [_mm256_setzero_si256(); R];
                 for c in 0..4 {
