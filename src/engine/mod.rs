@@ -303,7 +303,8 @@ pub fn k_quant_rows_kernel(
     if !model::kernels::k_quant_applies(weight) {
         return None;
     }
-    let outputs = model::kernels::k_quant_matmul(&[weight], x, rows, level);
+    let threads = model::kernels::Threads::Wick;
+    let outputs = model::kernels::k_quant_matmul(&[weight], x, rows, level, threads);
     Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct Linear {
     /// A Q4_K or Q6_K matrix on a CPU that runs wick's k-quant kernels, for calls of fewer than
     /// [`GEMM_ROWS`] rows.
     k_quant: Option<(Arc<QTensor>, kernels::Level)>,
+    /// Whose threads the k-quant kernels run on (see [`kernels::Threads`]).
+    threads: kernels::Threads,
 }
 
 impl Linear {
@@ -85,6 +87,7 @@ impl Linear {
             pad_single,
             q8_0,
             k_quant,
+            threads: kernels::Threads::Wick,
         })
     }
 
@@ -97,7 +100,20 @@ impl Linear {
             pad_single: false,
             q8_0: None,
             k_quant: None,
+            threads: kernels::Threads::Wick,
         }
+    }
+
+    /// Whether a decode row through this projection runs on wick's own kernels (or it has no
+    /// quantized matrix and so no candle kernel either).
+    pub fn on_wicks_kernels(&self) -> bool {
+        self.k_quant.is_some() || !matches!(self.matmul, QMatMul::QTensor(_))
+    }
+
+    /// Runs the k-quant kernels on candle's threads, for a model whose other matrices take
+    /// candle's kernels.
+    pub fn share_candles_threads(&mut self) {
+        self.threads = kernels::Threads::Candle;
     }
 
     /// The bytes of the matrix a multiplication reads (as stored, or dense).
@@ -252,7 +268,7 @@ impl Linear {
         match (weights, &linears[0].k_quant) {
             (Some(weights), Some((_, level))) if rows < GEMM_ROWS => {
                 Self::own_kernel(linears, x, |x| {
-                    kernels::k_quant_matmul(&weights, x, rows, *level)
+                    kernels::k_quant_matmul(&weights, x, rows, *level, linears[0].threads)
                 })
             }
             _ => Ok(None),

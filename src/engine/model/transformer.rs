@@ -148,7 +148,7 @@ impl Transformer {
                 sliding: config.sliding_layers.get(i).copied().unwrap_or(false),
             });
         }
-        Ok(Self {
+        let mut model = Self {
             norm: norm(source, "output_norm.weight")?,
             rope: Rope::new(&config, false, device)?,
             local_rope: Rope::new(&config, true, device)?,
@@ -158,7 +158,14 @@ impl Transformer {
             output,
             dtype,
             device: device.clone(),
-        })
+        };
+        // One pool of spinning threads at a time (see `kernels::Threads`).
+        let mut all_ours = true;
+        model.each_linear(|linear| all_ours &= linear.on_wicks_kernels());
+        if !all_ours {
+            model.each_linear_mut(Linear::share_candles_threads);
+        }
+        Ok(model)
     }
 
     pub fn config(&self) -> &Config {
@@ -167,22 +174,43 @@ impl Transformer {
 
     /// The bytes of weights one decode step reads (see `ModelInfo::weight_bytes_per_token`).
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|layer| {
-                let qkv = match &layer.qkv {
-                    Qkv::Separate { q, k, v } => q.bytes() + k.bytes() + v.bytes(),
-                    Qkv::Fused(qkv) => qkv.bytes(),
-                };
-                let gate_up = match &layer.gate_up {
-                    GateUp::Separate { gate, up } => gate.bytes() + up.bytes(),
-                    GateUp::Fused(gate_up) => gate_up.bytes(),
-                };
-                qkv + layer.o.bytes() + gate_up + layer.down.bytes()
-            })
-            .sum();
-        layers + self.output.bytes()
+        let mut bytes = 0;
+        self.each_linear(|linear| bytes += linear.bytes());
+        bytes
+    }
+
+    /// Every projection, the output's included.
+    fn each_linear(&self, mut visit: impl FnMut(&Linear)) {
+        for layer in &self.layers {
+            match &layer.qkv {
+                Qkv::Separate { q, k, v } => [q, k, v].into_iter().for_each(&mut visit),
+                Qkv::Fused(qkv) => visit(qkv),
+            }
+            match &layer.gate_up {
+                GateUp::Separate { gate, up } => [gate, up].into_iter().for_each(&mut visit),
+                GateUp::Fused(gate_up) => visit(gate_up),
+            }
+            visit(&layer.o);
+            visit(&layer.down);
+        }
+        visit(&self.output);
+    }
+
+    /// [`Transformer::each_linear`], to change them.
+    fn each_linear_mut(&mut self, mut visit: impl FnMut(&mut Linear)) {
+        for layer in &mut self.layers {
+            match &mut layer.qkv {
+                Qkv::Separate { q, k, v } => [q, k, v].into_iter().for_each(&mut visit),
+                Qkv::Fused(qkv) => visit(qkv),
+            }
+            match &mut layer.gate_up {
+                GateUp::Separate { gate, up } => [gate, up].into_iter().for_each(&mut visit),
+                GateUp::Fused(gate_up) => visit(gate_up),
+            }
+            visit(&mut layer.o);
+            visit(&mut layer.down);
+        }
+        visit(&mut self.output);
     }
 
     /// The bytes of a cache with room for `positions`.

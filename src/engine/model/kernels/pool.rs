@@ -119,11 +119,6 @@ impl Pool {
         }
     }
 
-    /// The threads a region runs on, the caller's included.
-    pub fn threads(&self) -> usize {
-        self.workers + 1
-    }
-
     /// Runs `f` on every part `0..parts`, spread over the caller and the workers; returns when
     /// all are done. A panic in a part is raised here once the others are done.
     pub fn run<F: Fn(usize) + Sync>(&self, parts: usize, f: F) {

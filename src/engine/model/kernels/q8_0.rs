@@ -74,10 +74,11 @@ pub(crate) fn matmul(weights: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<Ve
         .map(|y| y.as_mut_ptr() as usize)
         .collect();
     // Long runs of columns stream from memory best (each tile prefetches the next); about
-    // eight per thread even out the threads, and let the others take a late thread's share.
-    let pool = super::pool::pool();
+    // eight per thread even out the threads. candle's own worker pool runs the tasks: a second
+    // pool would fight its spinning workers for the cores.
+    let pool = candle_core::utils::barrier_pool();
     let columns: usize = parts.iter().map(|(_, n)| n).sum();
-    let per_task = (columns / (8 * pool.threads()))
+    let per_task = (columns / (8 * (pool.n_workers() + 1)))
         .next_multiple_of(4)
         .max(TASK_COLUMNS);
     let tasks: Vec<(usize, usize)> = parts
@@ -85,17 +86,18 @@ pub(crate) fn matmul(weights: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<Ve
         .enumerate()
         .flat_map(|(i, (_, n))| (0..*n).step_by(per_task).map(move |first| (i, first)))
         .collect();
-    pool.run(tasks.len(), |task| {
-        let (i, first) = tasks[task];
-        let (data, n) = &parts[i];
-        let count = per_task.min(n - first);
-        // SAFETY: each task writes only its own columns of output `i`, which outlives the
-        // call; `run_columns` keeps to the `m` rows and `n` columns.
-        let out = Output {
-            y: targets[i] as *mut f32,
-            n: *n,
-        };
-        unsafe { run_columns(data, k, first, count, &rows, &out) };
+    pool.execute_chunked(tasks.len(), |range| {
+        for &(i, first) in &tasks[range] {
+            let (data, n) = &parts[i];
+            let count = per_task.min(n - first);
+            // SAFETY: each task writes only its own columns of output `i`, which outlives the
+            // call; `run_columns` keeps to the `m` rows and `n` columns.
+            let out = Output {
+                y: targets[i] as *mut f32,
+                n: *n,
+            };
+            unsafe { run_columns(data, k, first, count, &rows, &out) };
+        }
     });
     Ok(outputs)
 }

@@ -50,7 +50,7 @@ fn every_level_matches_the_reference_and_f32_within_the_activation_rounding() {
                 let data = q.data().unwrap();
                 let bytes = data.len() / n;
                 for level in &levels {
-                    let y = &k_quant_matmul(&[&q], &x, m, *level).unwrap()[0];
+                    let y = &k_quant_matmul(&[&q], &x, m, *level, Threads::Wick).unwrap()[0];
                     for r in 0..m {
                         for c in 0..n {
                             let column = &data[c * bytes..(c + 1) * bytes];
@@ -63,7 +63,7 @@ fn every_level_matches_the_reference_and_f32_within_the_activation_rounding() {
                         }
                     }
                 }
-                let y = &k_quant_matmul(&[&q], &x, m, levels[0]).unwrap()[0];
+                let y = &k_quant_matmul(&[&q], &x, m, levels[0], Threads::Candle).unwrap()[0];
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
                     for c in 0..n {
@@ -105,10 +105,10 @@ fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
     let (q4, _) = weights(GgmlDType::Q4K, 72, 1536, 1);
     let (q6, _) = weights(GgmlDType::Q6K, 40, 1536, 2);
     let x = inputs(32, 1536);
-    let together = k_quant_matmul(&[&q4, &q6], &x, 32, level).unwrap();
+    let together = k_quant_matmul(&[&q4, &q6], &x, 32, level, Threads::Wick).unwrap();
     for r in [0, 5, 16, 31] {
         let row = &x[r * 1536..(r + 1) * 1536];
-        let alone = k_quant_matmul(&[&q6, &q4], row, 1, level).unwrap();
+        let alone = k_quant_matmul(&[&q6, &q4], row, 1, level, Threads::Candle).unwrap();
         assert_eq!(alone[1], together[0][r * 72..(r + 1) * 72], "Q4_K row {r}");
         assert_eq!(alone[0], together[1][r * 40..(r + 1) * 40], "Q6_K row {r}");
     }
@@ -121,7 +121,7 @@ fn other_types_and_shapes_are_refused() {
     let (q4, _) = weights(GgmlDType::Q4K, 32, 512, 3);
     assert!(k_quant_applies(&q4));
     if let Some(level) = Level::best() {
-        assert!(k_quant_matmul(&[&q4], &inputs(1, 256), 1, level).is_err());
-        assert!(k_quant_matmul(&[&q8], &inputs(1, 512), 1, level).is_err());
+        assert!(k_quant_matmul(&[&q4], &inputs(1, 256), 1, level, Threads::Wick).is_err());
+        assert!(k_quant_matmul(&[&q8], &inputs(1, 512), 1, level, Threads::Wick).is_err());
     }
 }
