@@ -37,9 +37,9 @@ impl Embedding {
         let data = table.data()?;
         let mut bytes = Vec::with_capacity(ids.len() * row_bytes);
         for &id in ids {
+            // The table holds exactly `vocab` rows: a row past its end is an id past the vocabulary.
             let row = data
                 .get(id as usize * row_bytes..(id as usize + 1) * row_bytes)
-                .filter(|_| (id as usize) < vocab)
                 .ok_or_else(|| {
                     Error::InvalidRequest(format!(
                         "token id {id} is outside the vocabulary of {vocab}"

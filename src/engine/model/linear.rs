@@ -58,9 +58,9 @@ pub(crate) struct Linear {
     pad_single: bool,
     /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's own (see `q8_0.rs`).
     q8_0: Option<Arc<QTensor>>,
-    /// A Q4_K or Q6_K matrix on a CPU that runs wick's k-quant kernels, for calls of fewer than
-    /// [`GEMM_ROWS`] rows.
-    k_quant: Option<(Arc<QTensor>, kernels::Level)>,
+    /// The SIMD level of wick's k-quant kernels, where the matrix (in `matmul`) is Q4_K or Q6_K
+    /// on a CPU that runs them, for calls of fewer than [`GEMM_ROWS`] rows.
+    k_quant: Option<kernels::Level>,
     /// Whose threads the k-quant kernels run on (see [`kernels::Threads`]).
     threads: kernels::Threads,
 }
@@ -75,7 +75,6 @@ impl Linear {
         let k_quant = level.filter(|_| kernels::k_quant_applies(&weight));
         let pad_single = fast && weight.dtype() == GgmlDType::Q6K && k_quant.is_none();
         let weight = Arc::new(weight);
-        let k_quant = k_quant.map(|level| (weight.clone(), level));
         let matmul = QMatMul::from_arc(weight.clone())?;
         let slow = device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_));
         let q8_0 = (slow && q8_0::available() && q8_0::applies(&weight)).then(|| weight.clone());
@@ -263,14 +262,12 @@ impl Linear {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears
             .iter()
-            .map(|l| l.k_quant.as_ref().map(|(w, _)| w.as_ref()))
+            .map(|l| l.k_quant.and(l.quantized_weight()).map(Arc::as_ref))
             .collect();
-        match (weights, &linears[0].k_quant) {
-            (Some(weights), Some((_, level))) if rows < GEMM_ROWS => {
-                Self::own_kernel(linears, x, |x| {
-                    kernels::k_quant_matmul(&weights, x, rows, *level, linears[0].threads)
-                })
-            }
+        match (weights, linears[0].k_quant) {
+            (Some(weights), Some(level)) if rows < GEMM_ROWS => Self::own_kernel(linears, x, |x| {
+                kernels::k_quant_matmul(&weights, x, rows, level, linears[0].threads)
+            }),
             _ => Ok(None),
         }
     }
