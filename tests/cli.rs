@@ -384,3 +384,58 @@ fn threads_follow_the_cpus_the_process_may_use() {
         text(&out.stderr)
     );
 }
+
+/// A fetch that fails is told once, in the error that lists the attempts; with HF_ENDPOINT
+/// already set, the advice is to check it, not to set it.
+#[test]
+fn a_failed_fetch_is_reported_once_with_advice_that_fits() {
+    let home = tempfile::tempdir().unwrap();
+    let hf_home = home.path().join("hf").display().to_string();
+    let out = wick_env(
+        &["pull", "--model", "nobody/nothing:x.gguf"],
+        &[("HF_HOME", &hf_home), ("HF_ENDPOINT", "http://127.0.0.1:9")],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.matches("cannot reach the Hub").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check that the endpoint in HF_ENDPOINT is up")
+            && !stderr.contains("set HF_ENDPOINT to use a mirror"),
+        "{stderr}"
+    );
+}
+
+/// `pull --dry-run` says which files a cache holds already and which would be downloaded.
+#[test]
+fn pull_dry_run_says_what_is_cached() {
+    let cached = wick(&["pull", "--model-size", "small"]);
+    assert!(cached.status.success(), "{}", text(&cached.stderr));
+    let out = wick(&["pull", "--model-size", "small", "--dry-run"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("cached: /") && l.ends_with(".gguf")),
+        "{stdout}"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let (hf_home, cache) = (home.path().join("hf"), home.path().join("wick"));
+    let out = wick_env(
+        &["pull", "--model-size", "small", "--dry-run"],
+        &[
+            ("HF_HOME", &hf_home.display().to_string()),
+            ("WICK_CACHE", &cache.display().to_string()),
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("to download: ") && l.ends_with(".gguf")),
+        "{stdout}"
+    );
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::process::{ServerProcess, client_script, node22, python};
+use common::process::{ServerProcess, client_script, client_tools, node22, python};
 use serde_json::Value;
 
 /// What a client printed: its progress notifications and its final result.
@@ -163,11 +163,45 @@ fn python_sdk_with_a_bearer_token() {
     let server = ServerProcess::serve(&["--api-key", "s3cret"]);
     let mut without = python_client(&server.mcp(), "legacy", &[]);
     without.env_remove("WICK_API_KEY");
-    assert!(
-        !without.output().unwrap().status.success(),
-        "no token, no service"
-    );
+    let refused = without.output().unwrap();
+    assert!(!refused.status.success(), "no token, no service");
+    // The refusal is a JSON-RPC error, so the SDK shows wick's words, not "Server returned an
+    // error response".
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--api-key"), "{stderr}");
     let mut with = python_client(&server.mcp(), "2026-07-28", &[]);
     with.env("WICK_API_KEY", "s3cret");
     check(&run(with), "2026-07-28");
+}
+
+/// The MCP Inspector's command line at 0.15.0 (what `npx` resolves on Node 20) converts a
+/// `--tool-arg` to a number only where the schema's type is exactly `"integer"` or `"number"`:
+/// wick's optional numeric arguments must arrive as numbers, not as refused strings.
+#[test]
+fn mcp_inspector_0_15_passes_numeric_arguments_as_numbers() {
+    let server = ServerProcess::serve(&[]);
+    let inspector =
+        client_tools().join("node_modules/@modelcontextprotocol/inspector-cli/build/index.js");
+    let output = Command::new(node22())
+        .arg(inspector)
+        .arg(server.mcp())
+        .args(["--transport", "http", "--method", "tools/call"])
+        .args(["--tool-name", "generate", "--tool-arg"])
+        .args([
+            "prompt=The capital of France is",
+            "max_tokens=3",
+            "temperature=0",
+        ])
+        .output()
+        .expect("the Inspector runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let result: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(result["isError"], false, "{result}");
+    let generated = &result["structuredContent"]["completion_tokens"];
+    assert!(
+        generated.as_u64().is_some_and(|n| (1..=3).contains(&n)),
+        "max_tokens=3 was honoured as a number: {result}"
+    );
 }

@@ -502,6 +502,10 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
                 .unwrap()
                 .starts_with("Bearer")
         );
+        // A JSON-RPC error, which the SDKs show; not plain text, which they cannot.
+        let error = &messages(response).await[0];
+        let message = error["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("--api-key"), "{error}");
     }
     // A foreign Origin: 403.
     let response = post(
@@ -564,10 +568,12 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
-    let body = response.text().await.unwrap();
+    let error = &messages(response).await[0];
+    assert_eq!(error["error"]["code"], -32600, "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        body.contains("--max-body-bytes") && body.contains(&(4 << 20).to_string()),
-        "{body}"
+        message.contains("--max-body-bytes") && message.contains(&(4 << 20).to_string()),
+        "{error}"
     );
     // No Accept header: 406.
     let response = http
@@ -1203,6 +1209,88 @@ async fn sessions_past_the_limit_are_refused_and_open_ones_keep_working() {
     for id in 30..33 {
         assert_eq!(post(&http, &server, &init(id), &[]).await.status(), 200);
     }
+}
+
+fn initialize_request(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+}
+
+/// 50 concurrent `initialize`s against `--max-sessions 20`: exactly 20 sessions open (the check
+/// and the session's creation are one step), the other 30 are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_session_limit_holds_exactly_under_a_concurrent_flood() {
+    let options = ServerOptions {
+        max_sessions: 20,
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(options, LoadOptions::default()).await;
+    let http = reqwest::Client::new();
+    let flood = (0..50).map(|id| {
+        let (http, server) = (&http, &server);
+        async move {
+            post(http, server, &initialize_request(id), &[])
+                .await
+                .status()
+        }
+    });
+    let statuses = futures::future::join_all(flood).await;
+    let opened = statuses.iter().filter(|s| s.as_u16() == 200).count();
+    let refused = statuses.iter().filter(|s| s.as_u16() == 503).count();
+    assert_eq!((opened, refused), (20, 30), "{statuses:?}");
+}
+
+/// At the limit, the least recently used session that has been idle for `--session-min-idle`
+/// is closed to make room (its id then gets 404); a session used since is kept; with none idle
+/// that long, a new session is refused.
+#[tokio::test]
+async fn at_the_limit_the_least_recently_used_idle_session_makes_room() {
+    let options = ServerOptions {
+        max_sessions: 3,
+        session_min_idle: Duration::from_secs(1),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::start(options, LoadOptions::default()).await;
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    for id in 0..3 {
+        let response = post(&http, &server, &initialize_request(id), &[]).await;
+        assert_eq!(response.status(), 200);
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap_or_default();
+        sessions.push(session.to_string());
+    }
+    // None has been idle for a second yet.
+    let refused = post(&http, &server, &initialize_request(3), &[]).await;
+    assert_eq!(refused.status(), 503);
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let ping = |session: &str| {
+        let headers = [
+            ("mcp-session-id", session.to_string()),
+            ("mcp-protocol-version", "2025-11-25".to_string()),
+        ];
+        let (http, server) = (&http, &server);
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+            post(http, server, &ping, &headers).await.status().as_u16()
+        }
+    };
+    // Sessions 1 and 2 are used again; session 0 is the least recently used.
+    assert_eq!(ping(&sessions[1]).await, 200);
+    assert_eq!(ping(&sessions[2]).await, 200);
+    let admitted = post(&http, &server, &initialize_request(4), &[]).await;
+    assert_eq!(admitted.status(), 200);
+    assert_eq!(
+        ping(&sessions[0]).await,
+        404,
+        "the idlest session made room"
+    );
+    assert_eq!(ping(&sessions[1]).await, 200);
+    assert_eq!(ping(&sessions[2]).await, 200);
 }
 
 /// Sends `body` as a POST to `/mcp` with `headers` from a socket with a tiny receive buffer,

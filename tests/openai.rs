@@ -126,6 +126,11 @@ fn openai_sdk_chat_and_completions() {
     assert_refused(one(&seen, "REFUSED_LOGPROBS"), 400, "logprobs");
     assert_refused(one(&seen, "REFUSED_UNKNOWN"), 400, "mirostat");
     assert_refused(one(&seen, "REFUSED_TYPE"), 400, "max_tokens");
+    let negative = one(&seen, "REFUSED_TYPE")["message"].to_string();
+    assert!(negative.contains("at least 1"), "{negative}");
+    assert_refused(one(&seen, "REFUSED_TEMPERATURE"), 400, "temperature");
+    assert_refused(one(&seen, "REFUSED_STREAM_OPTIONS"), 400, "stream_options");
+    assert_refused(one(&seen, "REFUSED_PROMPT"), 400, "prompt");
     let context = one(&seen, "REFUSED_CONTEXT");
     assert_eq!(context["status"], 400, "{context}");
     let message = context["message"].as_str().unwrap();
@@ -135,6 +140,40 @@ fn openai_sdk_chat_and_completions() {
     );
     assert_refused(one(&seen, "REFUSED_MODEL"), 404, "model");
     assert_eq!(server.stats()["active"], 0);
+}
+
+/// With `--model-path`, the model is listed under its path: that id, like every id listed and
+/// every name `model` accepts (`small`, `small/gguf`), resolves in `GET /v1/models/{id}` and
+/// serves requests.
+#[test]
+fn every_listed_model_id_is_retrievable_and_served() {
+    let pulled = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["pull", "--model-size", "small"])
+        .output()
+        .expect("wick pull runs");
+    let stdout = String::from_utf8_lossy(&pulled.stdout);
+    let path = stdout
+        .lines()
+        .find(|line| line.starts_with('/') && line.ends_with(".gguf"))
+        .unwrap_or_else(|| panic!("pull prints the file: {stdout}"));
+    let server = ServerProcess::serve(&["--model-path", path]);
+    let seen = run(&server.base, "ids", None);
+    let listed = one(&seen, "LISTED");
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.contains(&Value::from(path))),
+        "{listed}"
+    );
+    let retrieved = &seen["RETRIEVED"];
+    assert_eq!(retrieved.len(), listed.as_array().map_or(0, Vec::len) + 2);
+    for model in retrieved {
+        assert_eq!(model["id"], model["asked"], "{model}");
+    }
+    assert_eq!(one(&seen, "RETRIEVE_UNKNOWN")["status"], 404);
+    let served = one(&seen, "BY_LISTED_ID");
+    assert_eq!(served["model"], path, "{served}");
+    assert_eq!(served["finish"], "length", "{served}");
 }
 
 /// The client abandons a long stream after 3 chunks: the engine stops that generation (seen in
@@ -155,9 +194,29 @@ fn openai_sdk_abandoned_stream_frees_its_slot() {
 
 #[test]
 fn openai_sdk_needs_the_bearer_key() {
-    let server = ServerProcess::serve(&["--api-key", "s3cret"]);
+    let server = ServerProcess::serve(&["--api-key", "s3cret", "--max-body-bytes", "65536"]);
     let seen = run(&server.base, "auth", Some("s3cret"));
-    assert_eq!(one(&seen, "WRONG_KEY")["status"], 401);
+    // Each refusal in OpenAI's shape, so that the SDK shows wick's words, not a bare status.
+    let refused = |kind: &str, status: u64, error_type: &str, words: &str| {
+        let refusal = one(&seen, kind);
+        assert_eq!(refusal["status"], status, "{refusal}");
+        assert_eq!(refusal["type"], error_type, "{refusal}");
+        let message = refusal["message"].as_str().unwrap_or_default();
+        assert!(message.contains(words), "{refusal}");
+    };
+    refused("WRONG_KEY", 401, "authentication_error", "--api-key");
+    refused(
+        "FOREIGN_ORIGIN",
+        403,
+        "permission_error",
+        "--allowed-origin",
+    );
+    refused(
+        "TOO_LARGE",
+        413,
+        "invalid_request_error",
+        "--max-body-bytes",
+    );
     assert_eq!(one(&seen, "RIGHT_KEY")["finish"], "length");
     let metrics = reqwest::blocking::get(format!("{}/metrics", server.base)).unwrap();
     assert_eq!(metrics.status(), 401, "/metrics needs the key too");

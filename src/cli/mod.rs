@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::engine::{
     DTypeChoice, DeviceChoice, LoadOptions, ManagerConfig, ModelManager, SamplingParams,
@@ -69,7 +71,7 @@ pub struct ModelArgs {
     /// Hub revision (branch, tag or commit) for --model REPO.
     #[arg(long, requires = "model")]
     pub revision: Option<String>,
-    /// auto, cpu, cuda or cuda:N.
+    /// auto, cpu, cuda (or gpu, the same) or cuda:N.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
     /// Precision of safetensors weights (auto: f32 on CPU, bf16 on CUDA).
@@ -243,13 +245,47 @@ fn init_logging(quiet: bool) {
         "warn,wick=info,hf_hub=off"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let format = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(OrdinaryDisconnects)
+        .with(format)
         .try_init();
 }
+
+/// rmcp logs an ERROR ("failed to send pending response during drain") whenever a client
+/// cancels a call or goes away while its response is pending: an ordinary event, not a fault of
+/// the server, and one that would page an operator. This layer drops that line only.
+struct OrdinaryDisconnects;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OrdinaryDisconnects {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}") == RMCP_DISCONNECT;
+                }
+            }
+        }
+        let metadata = event.metadata();
+        if *metadata.level() != tracing::Level::ERROR || !metadata.target().starts_with("rmcp") {
+            return true;
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        !message.0
+    }
+}
+
+const RMCP_DISCONNECT: &str = "failed to send pending response during drain";
 
 fn at_least_one_thread(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
@@ -275,5 +311,47 @@ pub fn threads(requested: Option<usize>) -> (usize, Option<String>) {
         ),
         Some(threads) => (threads, None),
         None => (candle_core::utils::get_num_threads().min(usable), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer a test subscriber writes into.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut buffer = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            buffer.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_ordinary_disconnect_is_not_logged_as_an_error_and_other_errors_are() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(OrdinaryDisconnects)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "rmcp::service", error = "closed", "{RMCP_DISCONNECT}");
+            tracing::error!(target: "rmcp::service", "response send task failed during drain");
+            tracing::error!(target: "wick", "{RMCP_DISCONNECT}");
+        });
+        let logged = String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned();
+        assert_eq!(logged.matches(RMCP_DISCONNECT).count(), 1, "{logged}");
+        assert!(logged.contains("response send task failed"), "{logged}");
     }
 }

@@ -8,7 +8,8 @@ use crate::registry::Backend;
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Print which model and files would be used, then exit without downloading.
+    /// Print which model and files would be used, and which of them are cached already, then
+    /// exit without downloading.
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
@@ -21,6 +22,12 @@ pub async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let model = manager.resolve(&selector)?;
     println!("{model}");
     if args.dry_run {
+        for (file, path) in model.cached(manager.fetcher()).await {
+            match path {
+                Some(path) => println!("cached: {}", path.display()),
+                None => println!("to download: {file}"),
+            }
+        }
         return Ok(());
     }
     for path in manager.pull(&selector).await? {

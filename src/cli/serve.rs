@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// gets 503 with Retry-After.
     #[arg(long, default_value_t = ServerOptions::default().max_sessions)]
     pub max_sessions: usize,
+    /// Seconds: at --max-sessions, the least recently used 2025-11-25 session idle at least this
+    /// long with no request running is closed to make room for a new one.
+    #[arg(long, default_value_t = ServerOptions::default().session_min_idle.as_secs())]
+    pub session_min_idle: u64,
     /// Connections open at once; past it a new one is answered 503 and closed.
     #[arg(long, default_value_t = ServerOptions::default().max_connections,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -82,6 +86,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         session_idle_timeout: Duration::from_secs(args.session_idle_timeout),
         max_sessions: args.max_sessions,
+        session_min_idle: Duration::from_secs(args.session_min_idle),
         resume_window: Duration::from_secs(args.resume_window),
         max_connections: args.max_connections,
         idle_connection_timeout: Duration::from_secs(args.idle_connection_timeout),

@@ -7,10 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The roles a message may have: what chat templates are written for.
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
+
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatMessage {
     /// Who speaks: `system`, `user`, `assistant` (or `tool`, where the model's template knows it).
+    #[schemars(extend("enum" = ROLES))]
     pub role: String,
     /// What they say.
     pub content: String,
@@ -69,10 +73,15 @@ impl ChatTemplate {
                 "messages must hold at least one message".into(),
             ));
         }
-        if let Some(m) = messages.iter().find(|m| m.role.trim().is_empty()) {
+        if let Some((i, m)) = messages
+            .iter()
+            .enumerate()
+            .find(|(_, m)| !ROLES.contains(&m.role.as_str()))
+        {
             return Err(Error::InvalidRequest(format!(
-                "every message needs a role (system, user or assistant); got {:?}",
-                m.content.chars().take(40).collect::<String>()
+                "messages[{i}] has role {:?}; a role is one of {}",
+                m.role,
+                ROLES.join(", ")
             )));
         }
         let template = self
@@ -200,5 +209,22 @@ mod tests {
         let err = t.render(&[ChatMessage::system("x")], true).unwrap_err();
         assert!(matches!(err, Error::InvalidRequest(ref m) if m.contains("first must be user")));
         assert!(matches!(t.render(&[], true), Err(Error::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn a_role_templates_do_not_know_is_refused_naming_the_message() {
+        let t = ChatTemplate::new(CHATML, "".into(), "<|im_end|>".into()).unwrap();
+        let messages = [ChatMessage::user("hi"), ChatMessage::new("robot", "beep")];
+        let err = t.render(&messages, true).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidRequest(ref m) if m.contains("messages[1]") && m.contains("robot")),
+            "{err}"
+        );
+        for role in ROLES {
+            assert!(
+                t.render(&[ChatMessage::new(role, "x")], true).is_ok(),
+                "{role}"
+            );
+        }
     }
 }

@@ -30,7 +30,7 @@ impl FromStr for DeviceChoice {
                 .map(Self::Cuda)
                 .ok_or_else(|| {
                     Error::Device(format!(
-                        "unknown device `{s}`; use auto, cpu, cuda or cuda:N"
+                        "unknown device `{s}`; use auto, cpu, cuda (or gpu) or cuda:N"
                     ))
                 }),
         }

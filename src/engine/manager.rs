@@ -36,11 +36,18 @@ impl ManagerConfig {
 
 type Slot = Arc<OnceCell<Arc<Engine>>>;
 
+/// A model asked for, by the key of [`ResolvedModel::key`]: where it comes from, and the engine
+/// once loaded.
+struct Entry {
+    model: ResolvedModel,
+    slot: Slot,
+}
+
 pub struct ModelManager {
     registry: Registry,
     fetcher: Fetcher,
     options: LoadOptions,
-    models: Mutex<HashMap<String, Slot>>,
+    models: Mutex<HashMap<String, Entry>>,
 }
 
 /// A registry model, or a loaded one, as `list_models` shows it.
@@ -83,9 +90,20 @@ impl ModelManager {
         &self.options
     }
 
-    /// Where `selector` points, without fetching or loading anything.
+    /// Where `selector` points, without fetching or loading anything. A name that is not the
+    /// registry's may be the one a loaded model goes by (`--model-path`, `--model REPO:FILE`):
+    /// every name `status` lists is accepted.
     pub fn resolve(&self, selector: &ModelSelector) -> Result<ResolvedModel> {
-        ResolvedModel::resolve(&self.registry, selector)
+        ResolvedModel::resolve(&self.registry, selector).or_else(|error| {
+            let ModelSelector::Name(name) = selector else {
+                return Err(error);
+            };
+            self.lock()
+                .values()
+                .find(|entry| entry.model.name == *name && entry.slot.initialized())
+                .map(|entry| entry.model.clone())
+                .ok_or(error)
+        })
     }
 
     /// Fetches the model's files into the caches and returns their local paths.
@@ -97,7 +115,7 @@ impl ModelManager {
     /// The loaded model for `selector`, fetching and loading it on first use.
     pub async fn get(&self, selector: &ModelSelector) -> Result<Arc<Engine>> {
         let model = self.resolve(selector)?;
-        let slot = self.slot(&model.key());
+        let slot = self.slot(&model);
         let engine = slot
             .get_or_try_init(|| async {
                 // The device first: one that cannot be used fails before any download. (Opening
@@ -127,14 +145,14 @@ impl ModelManager {
         Ok(self
             .lock()
             .remove(&key)
-            .is_some_and(|slot| slot.initialized()))
+            .is_some_and(|entry| entry.slot.initialized()))
     }
 
     /// The models loaded now.
     pub fn loaded(&self) -> Vec<Arc<Engine>> {
         self.lock()
             .values()
-            .filter_map(|slot| slot.get().cloned())
+            .filter_map(|entry| entry.slot.get().cloned())
             .collect()
     }
 
@@ -174,11 +192,17 @@ impl ModelManager {
         list
     }
 
-    fn slot(&self, key: &str) -> Slot {
-        self.lock().entry(key.to_string()).or_default().clone()
+    fn slot(&self, model: &ResolvedModel) -> Slot {
+        let key = model.key();
+        let mut models = self.lock();
+        let entry = models.entry(key).or_insert_with(|| Entry {
+            model: model.clone(),
+            slot: Slot::default(),
+        });
+        entry.slot.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // The map stays consistent even if a holder panicked: every operation is one call.
         self.models.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -121,6 +121,28 @@ impl ResolvedModel {
         }
     }
 
+    /// The files a fetch would need, each with its local path if a cache already holds it (no
+    /// network): those the registry lists, else the GGUF file named. A local model is its path.
+    pub async fn cached(&self, fetcher: &Fetcher) -> Vec<(String, Option<PathBuf>)> {
+        let (repo, gguf_file) = match &self.source {
+            Source::Local(path) => {
+                return vec![(path.display().to_string(), Some(path.clone()))];
+            }
+            Source::Hub {
+                repo, gguf_file, ..
+            } => (repo, gguf_file),
+        };
+        let mut files: Vec<&str> = repo.files.iter().map(|f| f.path.as_str()).collect();
+        if files.is_empty() {
+            files.extend(gguf_file.as_deref());
+        }
+        let mut found = Vec::with_capacity(files.len());
+        for file in files {
+            found.push((file.to_string(), fetcher.cached(repo, file).await));
+        }
+        found
+    }
+
     /// A key that identifies the same model however it was named.
     pub(crate) fn key(&self) -> String {
         match &self.source {

@@ -152,7 +152,7 @@ impl<'t> Sequence<'t> {
         tracing::info!(
             model,
             generated = self.generated,
-            "request cancelled by the client; freeing its slot"
+            "request cancelled (its caller went away, or a shutdown cut it off); freeing its slot"
         );
         self.counters.cancelled.fetch_add(1, Relaxed);
         self.finish(FinishReason::Cancelled, None);

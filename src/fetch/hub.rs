@@ -187,9 +187,14 @@ impl HubConfig {
                 HubError::Other(format!("{what} ({status} from {endpoint}); {todo}"))
             }
             HFError::Request { source, .. } if source.is_connect() || source.is_timeout() => {
+                let mirror = if endpoint == DEFAULT_ENDPOINT {
+                    "set HF_ENDPOINT to use a mirror"
+                } else {
+                    "check that the endpoint in HF_ENDPOINT is up"
+                };
                 HubError::Other(format!(
-                    "cannot reach the Hub at {endpoint} ({}); set HF_ENDPOINT to use a mirror, \
-                     or HF_HUB_OFFLINE=1 to use only the cache",
+                    "cannot reach the Hub at {endpoint} ({}); {mirror}, or set HF_HUB_OFFLINE=1 \
+                     to use only the cache",
                     root_cause(&source)
                 ))
             }

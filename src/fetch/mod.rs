@@ -140,12 +140,13 @@ impl Fetcher {
                 tracing::debug!(file, %repo, "hub: {message}");
                 return Ok(None);
             }
+            // Each failure is told once: in the error that lists every attempt (logged here
+            // only at debug), or not at all when a mirror then has the file.
             Err(e) => {
                 let message = e.to_string();
+                tracing::debug!(file, %repo, "hub: {message}");
                 if spec.is_some_and(|s| !s.mirrors.is_empty()) {
-                    tracing::warn!(file, %repo, "hub: {message}; trying mirrors");
-                } else if !optional {
-                    tracing::warn!(file, %repo, "hub: {message}");
+                    tracing::info!(file, %repo, "not fetched from the Hub; trying mirrors");
                 }
                 attempts.push(format!("  - hub {}: {message}", self.hub.endpoint()));
             }
@@ -172,7 +173,7 @@ impl Fetcher {
                     return Ok(Some(path));
                 }
                 Err(e) => {
-                    tracing::warn!(file, mirror = %mirror.label(), "mirror: {e}");
+                    tracing::debug!(file, mirror = %mirror.label(), "mirror: {e}");
                     attempts.push(format!("  - {}: {e}", mirror.label()));
                 }
             }

@@ -15,9 +15,11 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use super::refusal::refusal;
 
 const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -168,10 +170,10 @@ impl Denial {
     }
 }
 
-impl IntoResponse for Denial {
-    fn into_response(self) -> Response {
+impl Denial {
+    fn into_response(self, path: &str) -> Response {
         tracing::warn!(status = %self.status, "refused: {}", self.message);
-        let mut response = (self.status, self.message).into_response();
+        let mut response = refusal(path, self.status, self.message);
         if let Some(challenge) = self.challenge {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -189,7 +191,7 @@ pub async fn guard(
 ) -> Response {
     match policy.check(request.uri().path(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(denial) => denial.into_response(),
+        Err(denial) => denial.into_response(request.uri().path()),
     }
 }
 

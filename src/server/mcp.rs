@@ -30,6 +30,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::ServerState;
+use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
     ChatMessage, FinishReason, GenerateRequest, ModelStatus, SamplingParams, Summary, TokenEvent,
@@ -41,18 +42,19 @@ use crate::registry::ModelSelector;
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct GenerationOptions {
     /// Most tokens to generate (default 256).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1), extend("default" = 256))]
     pub max_tokens: Option<u32>,
     /// Sampling temperature; 0 always picks the most likely token (default 0.7).
-    #[schemars(range(min = 0.0))]
+    #[schemars(range(min = 0.0), extend("default" = 0.7))]
     pub temperature: Option<f64>,
     /// Nucleus sampling: keep the most likely tokens up to this total probability (default 0.95).
-    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1))]
+    #[schemars(extend("exclusiveMinimum" = 0, "maximum" = 1, "default" = 0.95))]
     pub top_p: Option<f64>,
     /// Sample among the k most likely tokens; 0 means all (default 40).
+    #[schemars(extend("default" = 40))]
     pub top_k: Option<u32>,
     /// Divides the scores of recently used tokens; 1 turns it off (default 1.1).
-    #[schemars(extend("exclusiveMinimum" = 0))]
+    #[schemars(extend("exclusiveMinimum" = 0, "default" = 1.1))]
     pub repeat_penalty: Option<f32>,
     /// Random seed; the same seed and options give the same text.
     pub seed: Option<u64>,
@@ -85,7 +87,7 @@ impl GenerationOptions {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[schemars(transform = known_formats_only)]
+#[schemars(transform = for_form_clients)]
 pub struct GenerateArgs {
     /// The text to continue.
     pub prompt: String,
@@ -94,7 +96,7 @@ pub struct GenerateArgs {
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
-#[schemars(transform = known_formats_only)]
+#[schemars(transform = for_form_clients)]
 pub struct ChatArgs {
     /// The conversation so far, oldest first; the reply continues it as the assistant.
     pub messages: Vec<ChatMessage>,
@@ -104,7 +106,7 @@ pub struct ChatArgs {
 
 /// The structured result of `generate` and `chat`.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
-#[schemars(transform = known_formats_only)]
+#[schemars(transform = for_form_clients)]
 pub struct GenerationResult {
     /// The generated text.
     pub text: String,
@@ -122,9 +124,15 @@ pub struct GenerationResult {
     pub model: String,
 }
 
-/// schemars marks unsigned integers with formats (`uint`, `uint32`…) that JSON Schema validators
-/// do not know and warn about on every call; the `minimum: 0` beside them already says it.
-fn known_formats_only(schema: &mut schemars::Schema) {
+/// Schemas as form-filling clients read them:
+/// - schemars marks unsigned integers with formats (`uint`, `uint32`…) that JSON Schema
+///   validators do not know and warn about on every call; the `minimum: 0` beside them already
+///   says it;
+/// - an optional argument is typed `["integer", "null"]`, and clients that convert command-line
+///   or form text by the schema's type (the MCP Inspector up to 0.15 converts only a type that is
+///   exactly `"integer"`/`"number"`) send `"5"` for 5: an argument that may be left out is typed
+///   plainly (sending `null` still means the default).
+fn for_form_clients(schema: &mut schemars::Schema) {
     fn walk(map: &mut serde_json::Map<String, serde_json::Value>) {
         if map
             .get("format")
@@ -132,6 +140,12 @@ fn known_formats_only(schema: &mut schemars::Schema) {
             .is_some_and(|format| format.starts_with("uint"))
         {
             map.remove("format");
+        }
+        if let Some(serde_json::Value::Array(types)) = map.get("type")
+            && let [one] = types.iter().filter(|t| *t != "null").collect::<Vec<_>>()[..]
+        {
+            let one = one.clone();
+            map.insert("type".into(), one);
         }
         for value in map.values_mut() {
             match value {
@@ -333,17 +347,10 @@ fn check_arguments(request: &CallToolRequestParams) -> Result<(), String> {
         serde_path_to_error::deserialize::<_, T>(arguments)
             .map(drop)
             .map_err(|e| {
-                let accepted = e
-                    .inner()
-                    .to_string()
-                    .replace("expected u32", "expected a whole number of at least 0")
-                    .replace("expected u64", "expected a whole number of at least 0")
-                    .replace("expected f64", "expected a number")
-                    .replace("expected f32", "expected a number");
+                let InvalidArgument { name, problem } = e.into();
                 format!(
-                    "invalid argument `{}`: {accepted} (the tool's input schema lists what each \
-                     argument takes)",
-                    e.path()
+                    "invalid argument `{name}`: {problem} (the tool's input schema lists what \
+                     each argument takes)"
                 )
             })
     }
@@ -491,6 +498,34 @@ mod tests {
             assert_eq!(properties["top_p"]["exclusiveMinimum"], 0);
             assert_eq!(properties["top_p"]["maximum"], 1);
             assert_eq!(properties["repeat_penalty"]["exclusiveMinimum"], 0);
+        }
+    }
+
+    /// Every optional argument has one plain type (Inspector 0.15 sent `max_tokens=5` as the
+    /// string "5" for `["integer", "null"]`), and the defaults the schema shows are the ones a
+    /// call gets.
+    #[test]
+    fn optional_arguments_have_plain_types_and_the_real_defaults() {
+        let defaults = SamplingParams::default();
+        for tool in WickMcp::tool_router().list_all() {
+            let properties = tool.input_schema["properties"].as_object().cloned();
+            for (name, property) in properties.unwrap_or_default() {
+                assert!(
+                    property["type"].is_string(),
+                    "{}.{name}: {property}",
+                    tool.name
+                );
+            }
+            if tool.name == "list_models" {
+                continue;
+            }
+            let shown = |name: &str| tool.input_schema["properties"][name]["default"].clone();
+            assert_eq!(shown("max_tokens"), defaults.max_tokens);
+            assert_eq!(shown("temperature"), defaults.temperature);
+            assert_eq!(shown("top_p"), defaults.top_p);
+            assert_eq!(shown("top_k"), defaults.top_k);
+            let repeat_penalty = shown("repeat_penalty").as_f64().map(|v| v as f32);
+            assert_eq!(repeat_penalty, Some(defaults.repeat_penalty));
         }
     }
 

@@ -4,10 +4,12 @@
 
 mod access;
 mod connections;
+mod invalid_argument;
 mod malformed;
 pub mod mcp;
 pub mod metrics;
 mod openai;
+mod refusal;
 mod resume;
 mod run;
 mod sessions;
@@ -53,6 +55,9 @@ pub struct ServerOptions {
     pub session_idle_timeout: Duration,
     /// Sessions (2025-era and legacy SSE together) open at once; past it new ones get 503.
     pub max_sessions: usize,
+    /// At `max_sessions`, the least recently used 2025-era session idle this long with nothing
+    /// running is closed to make room for a new one.
+    pub session_min_idle: Duration,
     /// How long a 2025-era request whose stream broke keeps running for a `Last-Event-ID`
     /// reconnect before it is cancelled; a finished one stays resumable as long.
     pub resume_window: Duration,
@@ -78,6 +83,7 @@ impl Default for ServerOptions {
             max_body_bytes: 4 << 20,
             session_idle_timeout: Duration::from_secs(30 * 60),
             max_sessions: 2048,
+            session_min_idle: Duration::from_secs(60),
             resume_window: Duration::from_secs(30),
             max_connections: 1024,
             idle_connection_timeout: Duration::from_secs(30),
@@ -131,6 +137,7 @@ where
     let legacy_sessions = sse_legacy::Sessions::default();
     let session_limit = Arc::new(sessions::SessionLimit::new(
         options.max_sessions,
+        options.session_min_idle,
         session_manager.clone(),
         legacy_sessions.clone(),
     ));
@@ -261,18 +268,19 @@ async fn explain_too_large(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
         return response;
     }
-    (
+    refusal::refusal(
+        &path,
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
             "the request body is larger than the {limit} bytes this server accepts; raise the \
              limit with --max-body-bytes"
         ),
     )
-        .into_response()
 }
 
 /// Holds a token of `responses` until a POST's response body has been sent (or dropped).

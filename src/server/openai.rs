@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::ServerState;
+use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
     ChatMessage, FinishReason, GenerateRequest, Input, SamplingParams, Summary, TokenEvent,
@@ -37,7 +38,7 @@ pub fn routes(state: Arc<ServerState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
-        .route("/v1/models/{model}", get(get_model))
+        .route("/v1/models/{*model}", get(get_model))
         .with_state(state)
 }
 
@@ -72,6 +73,24 @@ impl ApiError {
         }
     }
 
+    /// A refusal made in front of the API (access, body size), typed as OpenAI types it, so
+    /// that the `openai` SDK raises its matching error with this message.
+    pub fn refusal(status: StatusCode, message: String) -> Self {
+        let (kind, code) = match status {
+            StatusCode::UNAUTHORIZED => ("authentication_error", Some("invalid_api_key")),
+            StatusCode::FORBIDDEN => ("permission_error", None),
+            s if s.is_server_error() => ("server_error", None),
+            _ => ("invalid_request_error", None),
+        };
+        Self {
+            status,
+            kind,
+            message,
+            param: None,
+            code,
+        }
+    }
+
     fn body(&self) -> Value {
         json!({ "error": {
             "message": self.message,
@@ -96,7 +115,8 @@ impl From<Error> for ApiError {
             Error::UnknownModel { .. }
             | Error::UnknownTier(_)
             | Error::UnknownBackend(_)
-            | Error::NoTierEntry { .. } => Self {
+            | Error::NoTierEntry { .. }
+            | Error::MissingFile { .. } => Self {
                 status: StatusCode::NOT_FOUND,
                 kind: "invalid_request_error",
                 message,
@@ -107,7 +127,12 @@ impl From<Error> for ApiError {
                 code: Some("context_length_exceeded"),
                 ..Self::invalid(Some("max_tokens"), message)
             },
-            Error::Unloaded(_) => Self::server(StatusCode::SERVICE_UNAVAILABLE, message),
+            // The model is known but its files cannot be had now (the Hub unreachable, a
+            // download cut, a checksum that does not match): the server's trouble, perhaps brief.
+            Error::Unloaded(_) | Error::Fetch { .. } | Error::Checksum { .. } => Self {
+                code: Some("model_unavailable"),
+                ..Self::server(StatusCode::SERVICE_UNAVAILABLE, message)
+            },
             e if e.is_client_error() => Self::invalid(None, message),
             _ => Self::server(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
@@ -197,6 +222,26 @@ impl Options {
         }
     }
 
+    /// What OpenAI refuses beyond the engine's own checks (`SamplingParams::validate`), so that a
+    /// client tested against wick is not surprised by OpenAI, and the reverse.
+    fn check(&self) -> Result<(), ApiError> {
+        if let Some(t) = self.temperature
+            && t > 2.0
+        {
+            return Err(ApiError::invalid(
+                Some("temperature"),
+                format!("temperature must be between 0 and 2, got {t}"),
+            ));
+        }
+        if self.stream_options.is_some() && !self.stream {
+            return Err(ApiError::invalid(
+                Some("stream_options"),
+                "stream_options is only allowed when stream is true".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn include_usage(&self) -> bool {
         self.stream_options
             .as_ref()
@@ -267,8 +312,8 @@ fn check_fields(body: &Map<String, Value>, own: &[&str]) -> Result<(), ApiError>
 /// `T` from the JSON object `body`, naming the field that does not fit.
 fn parse<T: DeserializeOwned>(body: &Map<String, Value>) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(Value::Object(body.clone())).map_err(|e| {
-        let param = e.path().to_string();
-        ApiError::invalid(Some(&param), format!("invalid `{param}`: {}", e.inner()))
+        let InvalidArgument { name, problem } = e.into();
+        ApiError::invalid(Some(&name), format!("invalid `{name}`: {problem}"))
     })
 }
 
@@ -422,6 +467,7 @@ async fn chat_completions(
     let body = object(&body)?;
     check_fields(&body, &["messages"])?;
     let options: Options = parse(&body)?;
+    options.check()?;
     let messages = parse::<ChatBody>(&body)?.messages()?;
     generate(&state, Endpoint::Chat, options, Input::Chat(messages)).await
 }
@@ -433,6 +479,7 @@ async fn completions(
     let body = object(&body)?;
     check_fields(&body, &["prompt"])?;
     let options: Options = parse(&body)?;
+    options.check()?;
     let input = parse::<CompletionBody>(&body)?.prompt.input()?;
     generate(&state, Endpoint::Completions, options, input).await
 }
@@ -660,9 +707,7 @@ async fn get_model(
     State(state): State<Arc<ServerState>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.manager.status().iter().any(|m| m.name == model) {
-        // Neither loaded nor in the registry: the registry's error lists what there is.
-        state.manager.registry().by_name(&model)?;
-    }
+    // Every name `model` accepts: a listed id, a tier, `tier/backend`.
+    state.manager.resolve(&state.selector(Some(&model))?)?;
     Ok(Json(model_entry(&model)))
 }

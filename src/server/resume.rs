@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use rmcp::model::{ClientJsonRpcMessage, RequestId, ServerJsonRpcMessage};
@@ -36,6 +36,14 @@ pub struct ResumableSessions {
     sessions: Arc<LocalSessionManager>,
     window: Duration,
     logs: Arc<Mutex<HashMap<StreamKey, Arc<Log>>>>,
+    activity: Arc<Mutex<HashMap<SessionId, Activity>>>,
+}
+
+/// When a session was last used, and how many of its requests are still answering: what
+/// [`ResumableSessions::close_idlest`] judges by.
+struct Activity {
+    last: Instant,
+    running: usize,
 }
 
 /// One request's events so far, for every reader now and later.
@@ -61,6 +69,7 @@ impl ResumableSessions {
             sessions: Arc::new(sessions),
             window,
             logs: Arc::default(),
+            activity: Arc::default(),
         }
     }
 
@@ -69,10 +78,36 @@ impl ResumableSessions {
         self.sessions.sessions.read().await.len()
     }
 
+    /// Closes the least recently used session that has been idle for at least `min_idle` and
+    /// has no request running; false if there is none.
+    pub async fn close_idlest(&self, min_idle: Duration) -> bool {
+        let open = self.sessions.sessions.read().await;
+        let idlest = {
+            let mut activity = lock(&self.activity);
+            // Sessions rmcp closed on its own (idle timeout) leave here too.
+            activity.retain(|id, _| open.contains_key(id));
+            activity
+                .iter()
+                .filter(|(_, a)| a.running == 0 && a.last.elapsed() >= min_idle)
+                .min_by_key(|(_, a)| a.last)
+                .map(|(id, _)| id.clone())
+        };
+        drop(open);
+        let Some(id) = idlest else { return false };
+        tracing::info!(session = %id, "closing the least recently used idle session to make room (--max-sessions)");
+        self.close_session(&id).await.is_ok()
+    }
+
+    /// Marks a use of session `id`: `running` requests start (+1) or end (-1).
+    fn touch(&self, id: &SessionId, running: isize) {
+        touch(&self.activity, id, running);
+    }
+
     /// Copies rmcp's stream into `log` as fast as rmcp writes it; keeps the log findable by
     /// `Last-Event-ID` until the window after its end.
     fn pump(&self, log: Arc<Log>, events: impl Stream<Item = ServerSseMessage> + Send + 'static) {
         let logs = self.logs.clone();
+        let activity = self.activity.clone();
         let window = self.window;
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
@@ -88,6 +123,7 @@ impl ResumableSessions {
                 log.written.send_modify(|w| w.events.push(event));
             }
             log.written.send_modify(|w| w.done = true);
+            touch(&activity, &log.session, -1);
             tokio::time::sleep(window).await;
             if let Some(key) = key {
                 let mut logs = lock(&logs);
@@ -121,6 +157,16 @@ impl ResumableSessions {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn touch(activity: &Mutex<HashMap<SessionId, Activity>>, id: &SessionId, running: isize) {
+    let mut activity = lock(activity);
+    let entry = activity.entry(id.clone()).or_insert(Activity {
+        last: Instant::now(),
+        running: 0,
+    });
+    entry.last = Instant::now();
+    entry.running = entry.running.saturating_add_signed(running);
 }
 
 /// The stream number in a request stream's event id (`index/stream`); `None` for the standalone
@@ -206,7 +252,9 @@ impl SessionManager for ResumableSessions {
     type Transport = <LocalSessionManager as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
-        self.sessions.create_session().await
+        let (id, transport) = self.sessions.create_session().await?;
+        self.touch(&id, 0);
+        Ok((id, transport))
     }
 
     async fn initialize_session(
@@ -214,6 +262,7 @@ impl SessionManager for ResumableSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        self.touch(id, 0);
         self.sessions.initialize_session(id, message).await
     }
 
@@ -223,6 +272,7 @@ impl SessionManager for ResumableSessions {
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
         lock(&self.logs).retain(|(session, _), _| session != id);
+        lock(&self.activity).remove(id);
         self.sessions.close_session(id).await
     }
 
@@ -236,6 +286,7 @@ impl SessionManager for ResumableSessions {
             _ => None,
         };
         let events = self.sessions.create_stream(id, message).await?;
+        self.touch(id, 1);
         let log = Arc::new(Log {
             session: id.clone(),
             request,
@@ -253,6 +304,7 @@ impl SessionManager for ResumableSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<(), Self::Error> {
+        self.touch(id, 0);
         self.sessions.accept_message(id, message).await
     }
 

@@ -1,9 +1,17 @@
 //! `--max-sessions`: how many sessions (2025-era at `/mcp` and legacy SSE at `/sse` together) may
 //! live at once. Each holds memory until it is deleted or idles out, and any client can open
-//! one with a small request, so past the limit a new one is refused — HTTP 503 with
-//! `Retry-After` — while the sessions already open keep working.
+//! one with a small request. At the limit, the least recently used 2025-era session that has
+//! been idle for `--session-min-idle` with no request running is closed to make room (its client
+//! gets 404 on its next request and must start a new session); with none such, the new session
+//! is refused — HTTP 503 with `Retry-After` — while the sessions already open keep working. So
+//! a flood of idle sessions locks new clients out for `--session-min-idle`, not for the idle
+//! timeout.
+//!
+//! Opening a session is admitted one at a time (check, then create), so the limit holds exactly
+//! under concurrent `initialize`s.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -19,22 +27,40 @@ use super::sse_legacy;
 /// The sessions open now, and how many may be.
 pub struct SessionLimit {
     max: usize,
+    min_idle: Duration,
     mcp: Arc<ResumableSessions>,
     legacy: sse_legacy::Sessions,
+    /// Held from the check until the new session exists.
+    admission: tokio::sync::Mutex<()>,
 }
 
 /// How long a refused client is asked to wait: sessions end as clients delete them or idle out.
 const RETRY_AFTER_SECS: &str = "10";
 
 impl SessionLimit {
-    pub fn new(max: usize, mcp: Arc<ResumableSessions>, legacy: sse_legacy::Sessions) -> Self {
-        Self { max, mcp, legacy }
+    pub fn new(
+        max: usize,
+        min_idle: Duration,
+        mcp: Arc<ResumableSessions>,
+        legacy: sse_legacy::Sessions,
+    ) -> Self {
+        Self {
+            max,
+            min_idle,
+            mcp,
+            legacy,
+            admission: tokio::sync::Mutex::new(()),
+        }
     }
 
-    /// `None` while there is room for another session, else why not.
-    pub async fn full(&self) -> Option<String> {
-        let open = self.mcp.open().await + sse_legacy::count(&self.legacy);
-        (open >= self.max).then(|| {
+    /// `None` while there is room for another session (made, if need be, by closing the idlest
+    /// one), else why not. Call it holding `admission`.
+    async fn full(&self) -> Option<String> {
+        let open = || async { self.mcp.open().await + sse_legacy::count(&self.legacy) };
+        if open().await >= self.max {
+            self.mcp.close_idlest(self.min_idle).await;
+        }
+        (open().await >= self.max).then(|| {
             format!(
                 "this server already holds its limit of {} sessions (--max-sessions); retry \
                  later, close sessions you no longer use (DELETE), or call statelessly with \
@@ -85,25 +111,27 @@ pub async fn guard(
     if !opens_sse && !may_initialize {
         return next.run(request).await;
     }
-    let Some(message) = limit.full().await else {
-        return next.run(request).await;
-    };
-    if opens_sse {
-        return SessionLimit::refusal(message, None);
-    }
-    let (parts, body) = request.into_parts();
-    let bytes = match malformed::buffered(body).await {
-        Ok(bytes) => bytes,
-        Err(refusal) => return refusal,
-    };
-    let initialize = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .filter(|body| body["method"] == "initialize");
-    match initialize {
-        Some(body) => SessionLimit::refusal(message, Some(&body["id"])),
-        None => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+    let (request, id) = if opens_sse {
+        (request, None)
+    } else {
+        let (parts, body) = request.into_parts();
+        let bytes = match malformed::buffered(body).await {
+            Ok(bytes) => bytes,
+            Err(refusal) => return refusal,
+        };
+        let initialize = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .filter(|body| body["method"] == "initialize");
+        let request = Request::from_parts(parts, Body::from(bytes));
+        match initialize {
+            Some(body) => (request, Some(body["id"].clone())),
+            None => return next.run(request).await,
         }
+    };
+    // One opening at a time, until its session exists (rmcp creates it before it answers).
+    let _admitting = limit.admission.lock().await;
+    match limit.full().await {
+        None => next.run(request).await,
+        Some(message) => SessionLimit::refusal(message, id.as_ref()),
     }
 }

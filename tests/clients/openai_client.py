@@ -4,7 +4,9 @@ saw as JSON lines that tests/openai.rs checks (`KIND {json}`).
 usage: openai_client.py BASE_URL MODE [API_KEY]
   MODE  main    models, chat and completions (whole and streamed), stop, max_tokens, refusals
         abort   a long streamed chat abandoned after 3 chunks, then a short request
-        auth    a wrong key (refused), then API_KEY (served)
+        ids     every listed model id retrieved and used (the server runs --model-path)
+        auth    a wrong key, a foreign Origin and a body too large (refused), then API_KEY
+                (served)
         three   three completions, one streamed, printing their usage
         metrics /metrics parsed with prometheus_client's own parser
 """
@@ -86,6 +88,23 @@ def main():
     emit("REFUSED_TYPE", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, max_tokens=-1)))
     emit("REFUSED_CONTEXT", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, max_tokens=100000)))
     emit("REFUSED_MODEL", refusal(lambda: api.completions.create(model="no-such-model", prompt=prompt)))
+    emit("REFUSED_TEMPERATURE", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, temperature=2.5)))
+    emit("REFUSED_STREAM_OPTIONS", refusal(lambda: api.completions.create(
+        model=MODEL, prompt=prompt, stream_options={"include_usage": True})))
+    emit("REFUSED_PROMPT", refusal(lambda: api.post("/completions", body={"model": MODEL}, cast_to=object)))
+
+
+def ids():
+    """Every id /v1/models lists is retrievable, and so are the names `model` accepts."""
+    api = client()
+    listed = [m.id for m in api.models.list()]
+    emit("LISTED", listed)
+    for name in listed + ["small", "small/gguf"]:
+        emit("RETRIEVED", {"asked": name, "id": api.models.retrieve(name).id})
+    emit("RETRIEVE_UNKNOWN", refusal(lambda: api.models.retrieve("no-such-model")))
+    loaded = [name for name in listed if name.endswith(".gguf")]
+    done = api.completions.create(model=loaded[0], prompt="The capital of France is", max_tokens=2, temperature=0)
+    emit("BY_LISTED_ID", {"model": done.model, "finish": done.choices[0].finish_reason})
 
 
 def abort():
@@ -106,6 +125,10 @@ def abort():
 
 def auth():
     emit("WRONG_KEY", refusal(lambda: client("wrong").models.list()))
+    emit("FOREIGN_ORIGIN", refusal(lambda: client().with_options(
+        default_headers={"Origin": "http://elsewhere.example"}).models.list()))
+    emit("TOO_LARGE", refusal(lambda: client().completions.create(
+        model=MODEL, prompt="many words " * 20000, max_tokens=1)))
     served = client().completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0)
     emit("RIGHT_KEY", {"finish": served.choices[0].finish_reason})
 
@@ -137,4 +160,4 @@ def metrics():
     emit("METRICS", {"content_type": content_type, "families": families, "samples": samples})
 
 
-{"main": main, "abort": abort, "auth": auth, "three": three, "metrics": metrics}[MODE]()
+{"main": main, "ids": ids, "abort": abort, "auth": auth, "three": three, "metrics": metrics}[MODE]()
