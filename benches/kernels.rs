@@ -1,9 +1,9 @@
 //! The CPU matmul kernels wick chooses between for a projection over quantized weights, on the
 //! shapes of the models it benchmarks — candle's quantized kernel on the weights as stored, the
 //! same with the inner dimension zero-padded to a multiple of 256 (where candle's fast x86
-//! kernels apply), wick's own Q8_0 kernel for several rows (AVX-512 VNNI, where candle's fast
-//! kernels do not apply), wick's own Q4_K and Q6_K kernels (blocks as stored), and dequantize +
-//! f32 GEMM:
+//! kernels apply), wick's own Q8_0 kernel for prompt chunks (AVX-512 VNNI, where candle's fast
+//! kernels do not apply), wick's own decode-row kernels (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0; blocks
+//! as stored), and dequantize + f32 GEMM:
 //!
 //! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second.
 //!
@@ -25,12 +25,25 @@ fn bench(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    for dtype in [GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q6K] {
+    let dtypes = [
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+    ];
+    for dtype in dtypes {
         for (out, inner) in SHAPES {
-            let padded = inner.div_ceil(256) * 256;
-            if dtype != GgmlDType::Q8_0 && inner % 256 != 0 {
+            let k_quant = matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K);
+            if k_quant && inner % 256 != 0 {
                 continue;
             }
+            // Zero-padding helps only where candle has fast kernels for the padded shape.
+            let padded = match k_quant || dtype == GgmlDType::Q8_0 {
+                true => inner.div_ceil(256) * 256,
+                false => inner,
+            };
             let w = Tensor::randn(0f32, 0.02, (out, inner), &device).expect("weights");
             let q = QTensor::quantize(&w, dtype).expect("quantize");
             let wide = w.pad_with_zeros(D::Minus1, 0, padded - inner).expect("pad");
@@ -62,10 +75,10 @@ fn bench(c: &mut Criterion) {
                     });
                 }
                 if let QMatMul::QTensor(q) = &plain
-                    && let Some(Ok(_)) = wick::engine::k_quant_rows_kernel(q, &values, rows)
+                    && let Some(Ok(_)) = wick::engine::decode_rows_kernel(q, &values, rows)
                 {
-                    group.bench_function(BenchmarkId::new(&name, "wick_k_quant"), |b| {
-                        b.iter(|| wick::engine::k_quant_rows_kernel(q, &values, rows))
+                    group.bench_function(BenchmarkId::new(&name, "wick_decode"), |b| {
+                        b.iter(|| wick::engine::decode_rows_kernel(q, &values, rows))
                     });
                 }
                 if let QMatMul::QTensor(q) = &plain {

@@ -348,3 +348,23 @@ async fn a_mirror_copy_that_fails_its_sha256_is_rejected() {
             .exists()
     );
 }
+
+/// wick's decode-row kernels on real Q4_1 matrices of SmolLM2 (and its Q8_0 embedding table,
+/// which is also its output matrix): within the rounding of the activations to 8 bits.
+#[tokio::test]
+async fn decode_kernels_on_the_real_smollm2_matrices_stay_within_the_activation_rounding() {
+    let names: Vec<String> = ["attn_q", "attn_v", "ffn_up", "ffn_down"]
+        .iter()
+        .map(|m| format!("blk.3.{m}.weight"))
+        .chain(["token_embd.weight".to_string()])
+        .collect();
+    let model = "smollm2-135m-instruct-q4_1";
+    let Some(seen) = common::decode_kernels_on_real_matrices(model, &names).await else {
+        return; // This CPU keeps candle's kernels.
+    };
+    use candle_core::quantized::GgmlDType;
+    assert!(
+        seen.contains(&GgmlDType::Q4_1) && seen.contains(&GgmlDType::Q8_0),
+        "{seen:?}"
+    );
+}

@@ -75,75 +75,26 @@ async fn gemma3_matches_llama_cpp() {
     );
 }
 
-/// wick's k-quant kernel on the real Q4_K and Q6_K matrices of the Gemma file (`ffn_down`, both
-/// types): within the rounding of the activations to 8 bits of dequantize + f32, for decode and
-/// batched decode row counts.
+/// wick's decode-row kernels on real matrices of the Gemma file, of every type it holds: Q4_K and
+/// Q6_K (`ffn_down`), Q5_0 (`attn_q`, `attn_k`) and Q8_0 (half the `attn_v`).
 #[tokio::test]
-async fn k_quant_kernel_on_the_real_matrices_stays_within_the_activation_rounding() {
-    use candle_core::quantized::{GgmlDType, gguf_file};
-    let path = common::manager(LoadOptions::default())
-        .pull(&ModelSelector::Name("gemma-3-270m-q4_k_m".into()))
-        .await
-        .expect("the Gemma 3 file is fetched")
-        .remove(0);
-    let mut file = std::fs::File::open(&path).unwrap();
-    let content = gguf_file::Content::read(&mut file).unwrap();
-    let device = candle_core::Device::Cpu;
-    let mut seen = Vec::new();
-    for layer in 0..4 {
-        let name = format!("blk.{layer}.ffn_down.weight");
-        let weight = content.tensor(&mut file, &name, &device).unwrap();
-        let dtype = weight.dtype();
-        let (n, k) = weight.shape().dims2().unwrap();
-        let dense: Vec<f32> = weight
-            .dequantize(&device)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        for rows in [1, 3, 17] {
-            // Activations of an uneven size, as a hidden state has.
-            let x: Vec<f32> = (0..rows * k)
-                .map(|i| {
-                    ((i * 7919 % 1013) as f32 - 506.0) / 200.0
-                        * if i % 61 == 0 { 15.0 } else { 1.0 }
-                })
-                .collect();
-            let Some(y) = wick::engine::k_quant_rows_kernel(&weight, &x, rows) else {
-                return; // This CPU keeps candle's kernels.
-            };
-            let y = y.unwrap();
-            for r in 0..rows {
-                let row = &x[r * k..(r + 1) * k];
-                for c in (0..n).step_by(7) {
-                    let w = &dense[c * k..(c + 1) * k];
-                    let exact: f64 = w.iter().zip(row).map(|(&w, &x)| f64::from(w * x)).sum();
-                    let bound: f64 = row
-                        .chunks(256)
-                        .zip(w.chunks(256))
-                        .map(|(x, w)| {
-                            let step = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-                            f64::from(step / 2.0 * w.iter().map(|v| v.abs()).sum::<f32>())
-                        })
-                        .sum();
-                    let magnitude: f64 = w
-                        .iter()
-                        .zip(row)
-                        .map(|(&w, &x)| f64::from((w * x).abs()))
-                        .sum();
-                    let error = (f64::from(y[r * n + c]) - exact).abs();
-                    assert!(
-                        error <= bound * 1.001 + magnitude * 1e-5,
-                        "{name} ({dtype:?}), {rows} rows: row {r} column {c}: {error} > {bound}"
-                    );
-                }
-            }
-        }
-        seen.push(dtype);
+async fn decode_kernels_on_the_real_matrices_stay_within_the_activation_rounding() {
+    use candle_core::quantized::GgmlDType;
+    let names: Vec<String> = (0..4)
+        .flat_map(|layer| {
+            ["ffn_down", "attn_q", "attn_k", "attn_v"].map(|m| format!("blk.{layer}.{m}.weight"))
+        })
+        .collect();
+    let Some(seen) = common::decode_kernels_on_real_matrices("gemma-3-270m-q4_k_m", &names).await
+    else {
+        return; // This CPU keeps candle's kernels.
+    };
+    for dtype in [
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+    ] {
+        assert!(seen.contains(&dtype), "{dtype:?} in {seen:?}");
     }
-    assert!(
-        seen.contains(&GgmlDType::Q4K) && seen.contains(&GgmlDType::Q6K),
-        "{seen:?}"
-    );
 }

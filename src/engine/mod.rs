@@ -287,24 +287,24 @@ pub fn q8_0_rows_kernel(
     if !model::kernels::q8_0::available() || !model::kernels::q8_0::applies(weight) {
         return None;
     }
-    Some(model::kernels::q8_0::matmul(&[weight], x, rows).map(|mut outputs| outputs.remove(0)))
+    let threads = model::kernels::Threads::Wick;
+    let outputs = model::kernels::q8_0::matmul(&[weight], x, rows, threads);
+    Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
 
-/// wick's k-quant kernel (Q4_K, Q6_K) at this CPU's widest SIMD level, for `cargo bench --bench
-/// kernels`: `x` `(rows, k)` row-major times `weight` `(n, k)` transposed, or `None` where this
-/// CPU or weight does not take it.
+/// wick's decode-row kernel for `weight`'s type (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0) at this CPU's
+/// widest SIMD level, for `cargo bench --bench kernels`: `x` `(rows, k)` row-major times `weight`
+/// `(n, k)` transposed, or `None` where this CPU or weight does not take it.
 #[doc(hidden)]
-pub fn k_quant_rows_kernel(
+pub fn decode_rows_kernel(
     weight: &candle_core::quantized::QTensor,
     x: &[f32],
     rows: usize,
 ) -> Option<Result<Vec<f32>>> {
     let level = model::kernels::Level::best()?;
-    if !model::kernels::k_quant_applies(weight) {
-        return None;
-    }
+    model::kernels::family(weight)?;
     let threads = model::kernels::Threads::Wick;
-    let outputs = model::kernels::k_quant_matmul(&[weight], x, rows, level, threads);
+    let outputs = model::kernels::matmul(&[weight], x, rows, level, threads);
     Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
 

@@ -112,3 +112,76 @@ pub async fn run(engine: &Engine, request: GenerateRequest) -> (Vec<String>, Vec
     }
     panic!("the stream ended without a summary");
 }
+
+/// wick's decode-row kernels on the matrices `names` of registry model `model`'s GGUF file, for
+/// decode and batched decode row counts: within the rounding of the activations to 8 bits (per
+/// block of the type's activations) of dequantize + f32. The types seen, or `None` where this
+/// CPU keeps candle's kernels.
+pub async fn decode_kernels_on_real_matrices(
+    model: &str,
+    names: &[String],
+) -> Option<Vec<candle_core::quantized::GgmlDType>> {
+    use candle_core::quantized::{GgmlDType, gguf_file};
+    let path = manager(LoadOptions::default())
+        .pull(&ModelSelector::Name(model.into()))
+        .await
+        .expect("the model file is fetched")
+        .remove(0);
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let device = candle_core::Device::Cpu;
+    let mut seen = Vec::new();
+    for name in names {
+        let weight = content.tensor(&mut file, name, &device).unwrap();
+        let dtype = weight.dtype();
+        let block = match dtype {
+            GgmlDType::Q4K | GgmlDType::Q6K => 256,
+            _ => 32,
+        };
+        let (n, k) = weight.shape().dims2().unwrap();
+        let dense: Vec<f32> = weight
+            .dequantize(&device)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for rows in [1, 3, 17] {
+            // Activations of an uneven size, as a hidden state has.
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| {
+                    ((i * 7919 % 1013) as f32 - 506.0) / 200.0
+                        * if i % 61 == 0 { 15.0 } else { 1.0 }
+                })
+                .collect();
+            let y = wick::engine::decode_rows_kernel(&weight, &x, rows)?.unwrap();
+            for r in 0..rows {
+                let row = &x[r * k..(r + 1) * k];
+                for c in (0..n).step_by(7) {
+                    let w = &dense[c * k..(c + 1) * k];
+                    let exact: f64 = w.iter().zip(row).map(|(&w, &x)| f64::from(w * x)).sum();
+                    let bound: f64 = row
+                        .chunks(block)
+                        .zip(w.chunks(block))
+                        .map(|(x, w)| {
+                            let step = x.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                            f64::from(step / 2.0 * w.iter().map(|v| v.abs()).sum::<f32>())
+                        })
+                        .sum();
+                    let magnitude: f64 = w
+                        .iter()
+                        .zip(row)
+                        .map(|(&w, &x)| f64::from((w * x).abs()))
+                        .sum();
+                    let error = (f64::from(y[r * n + c]) - exact).abs();
+                    assert!(
+                        error <= bound * 1.001 + magnitude * 1e-5,
+                        "{name} ({dtype:?}), {rows} rows: row {r} column {c}: {error} > {bound}"
+                    );
+                }
+            }
+        }
+        seen.push(dtype);
+    }
+    Some(seen)
+}

@@ -2,8 +2,9 @@
 //! behind candle's `QMatMul`.
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
-//! Q4_K and Q6_K matrices take wick's own kernels (`kernels/`) for calls of fewer than
-//! [`GEMM_ROWS`] rows, the decode rows: they read the blocks as stored, on AVX2 or AVX-512 VNNI.
+//! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices, and Q8_0 ones without a fast candle kernel, take
+//! wick's own kernels (`kernels/`) for calls of fewer than [`GEMM_ROWS`] rows, the decode rows:
+//! they read the blocks as stored, on AVX2 or AVX-512 VNNI.
 //! Where candle's fast x86 kernels apply (AVX-512 VNNI; Q4_K, Q6_K and Q8_0 with an inner
 //! dimension that is a multiple of 256) they beat dequantizing for a GEMM at every prompt length.
 //! Where they do not, candle's kernel takes rows one by one, so chunks of [`GEMM_ROWS`] or more
@@ -56,12 +57,13 @@ pub(crate) struct Linear {
     per_segment: bool,
     /// A Q6_K matrix with a fast kernel: one row alone would take another kernel than two.
     pad_single: bool,
-    /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's own (see `q8_0.rs`).
+    /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's own prompt-chunk kernel
+    /// (see `q8_0.rs`).
     q8_0: Option<Arc<QTensor>>,
-    /// The SIMD level of wick's k-quant kernels, where the matrix (in `matmul`) is Q4_K or Q6_K
-    /// on a CPU that runs them, for calls of fewer than [`GEMM_ROWS`] rows.
-    k_quant: Option<kernels::Level>,
-    /// Whose threads the k-quant kernels run on (see [`kernels::Threads`]).
+    /// The SIMD level of wick's decode-row kernels, where they take the matrix (in `matmul`) on
+    /// this CPU, for calls of fewer than [`GEMM_ROWS`] rows.
+    own: Option<kernels::Level>,
+    /// Whose threads wick's kernels run on (see [`kernels::Threads`]).
     threads: kernels::Threads,
 }
 
@@ -72,8 +74,11 @@ impl Linear {
             kernels::prefer_huge_pages(&weight.data()?);
         }
         let level = kernels::Level::best().filter(|_| device.is_cpu());
-        let k_quant = level.filter(|_| kernels::k_quant_applies(&weight));
-        let pad_single = fast && weight.dtype() == GgmlDType::Q6K && k_quant.is_none();
+        // candle's fast Q8_0 kernel reads about the bytes wick's does, and gives other bits.
+        let own = level.filter(|_| {
+            kernels::family(&weight).is_some() && !(fast && weight.dtype() == GgmlDType::Q8_0)
+        });
+        let pad_single = fast && weight.dtype() == GgmlDType::Q6K && own.is_none();
         let weight = Arc::new(weight);
         let matmul = QMatMul::from_arc(weight.clone())?;
         let slow = device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_));
@@ -85,7 +90,7 @@ impl Linear {
             per_segment: device.is_cpu(),
             pad_single,
             q8_0,
-            k_quant,
+            own,
             threads: kernels::Threads::Wick,
         })
     }
@@ -98,7 +103,7 @@ impl Linear {
             bias,
             pad_single: false,
             q8_0: None,
-            k_quant: None,
+            own: None,
             threads: kernels::Threads::Wick,
         }
     }
@@ -106,11 +111,11 @@ impl Linear {
     /// Whether a decode row through this projection runs on wick's own kernels (or it has no
     /// quantized matrix and so no candle kernel either).
     pub fn on_wicks_kernels(&self) -> bool {
-        self.k_quant.is_some() || !matches!(self.matmul, QMatMul::QTensor(_))
+        self.own.is_some() || !matches!(self.matmul, QMatMul::QTensor(_))
     }
 
-    /// Runs the k-quant kernels on candle's threads, for a model whose other matrices take
-    /// candle's kernels.
+    /// Runs wick's kernels on candle's threads, for a model whose other matrices take candle's
+    /// kernels.
     pub fn share_candles_threads(&mut self) {
         self.threads = kernels::Threads::Candle;
     }
@@ -161,7 +166,7 @@ impl Linear {
                 true => Tensor::cat(&[&x, &x.zeros_like()?], 0)?,
                 false => x,
             };
-            let fused = match Self::k_quant_rows(&linears, &input)? {
+            let fused = match Self::own_rows(&linears, &input)? {
                 Some(outputs) => Some(outputs),
                 None if N > 1 => Self::fused(&linears, &input)?,
                 None => None,
@@ -170,10 +175,14 @@ impl Linear {
                 Some(outputs) => outputs,
                 None => match Self::q8_0_rows(&linears, &input)? {
                     Some(outputs) => outputs,
+                    // One call each (wick's kernels still take those they can).
                     None => linears
                         .iter()
                         .zip(dense.iter_mut())
-                        .map(|(l, dense)| l.call(&input, dense))
+                        .map(|(l, dense)| match Self::own_rows(&[l], &input)? {
+                            Some(mut y) => Ok(y.remove(0)),
+                            None => l.call(&input, dense),
+                        })
                         .collect::<Result<_>>()?,
                 },
             };
@@ -245,29 +254,44 @@ impl Linear {
         self.add_bias(y)
     }
 
-    /// wick's Q8_0 kernel over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] rows when every
-    /// projection has it (one row takes candle's kernel: faster alone, and the same bits).
+    /// wick's Q8_0 prompt-chunk kernel over `x`, `(rows, in)`, for [`GEMM_ROWS`] to
+    /// [`Q8_0_GEMM_ROWS`] rows when every projection has it (fewer rows take the decode-row
+    /// kernels).
     fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();
         match weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) {
-            Some(weights) => Self::own_kernel(linears, x, |x| q8_0::matmul(&weights, x, rows)),
+            Some(weights) => Self::own_kernel(linears, x, |x| {
+                q8_0::matmul(&weights, x, rows, linears[0].threads)
+            }),
             None => Ok(None),
         }
     }
 
-    /// wick's k-quant kernels over `x`, `(rows, in)`, for fewer than [`GEMM_ROWS`] rows when
-    /// every projection has them (a mix of Q4_K and Q6_K shares one quantization of `x`).
-    fn k_quant_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    /// wick's decode-row kernels over `x`, `(rows, in)`, for fewer than [`GEMM_ROWS`] rows when
+    /// they take every projection and the projections' types share one quantization of `x`
+    /// (Q4_K with Q6_K; the 32-value types together). Q8_0 takes them for a lone row only: more
+    /// rows go to `q8_0.rs`'s tiles, which give the same bits and share each weight block among
+    /// four rows (`cargo bench --bench kernels`).
+    fn own_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears
             .iter()
-            .map(|l| l.k_quant.and(l.quantized_weight()).map(Arc::as_ref))
+            .map(|l| l.own.and(l.quantized_weight()).map(Arc::as_ref))
             .collect();
-        match (weights, linears[0].k_quant) {
-            (Some(weights), Some(level)) if rows < GEMM_ROWS => Self::own_kernel(linears, x, |x| {
-                kernels::k_quant_matmul(&weights, x, rows, level, linears[0].threads)
-            }),
+        let takes = |weights: &Vec<&QTensor>| {
+            rows < GEMM_ROWS && (rows == 1 || weights.iter().all(|w| w.dtype() != GgmlDType::Q8_0))
+        };
+        let Some(weights) = weights.filter(takes) else {
+            return Ok(None);
+        };
+        let family = kernels::family(weights[0]);
+        match linears[0].own {
+            Some(level) if weights.iter().all(|w| kernels::family(w) == family) => {
+                Self::own_kernel(linears, x, |x| {
+                    kernels::matmul(&weights, x, rows, level, linears[0].threads)
+                })
+            }
             _ => Ok(None),
         }
     }

@@ -32,7 +32,7 @@ const PREFETCH: usize = 1024;
 /// # Safety
 /// `p` points at two readable bytes.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     // SAFETY: the caller's promise; f16 has no invalid bit patterns.
     f16::from_bits(unsafe { p.cast::<u16>().read_unaligned() }).to_f32()
 }
@@ -77,7 +77,7 @@ fn q4k_scales_mins(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
 
 /// The sum of eight f32 lanes, in the order the SIMD code adds them.
 #[cfg(test)]
-fn lanes_sum(a: [f32; 8]) -> f32 {
+pub(super) fn lanes_sum(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
@@ -486,7 +486,7 @@ pub(crate) mod x86 {
     /// The sum of eight f32 lanes, in [`lanes_sum`]'s order.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn hsum_ps(v: __m256) -> f32 {
+    pub(crate) fn hsum_ps(v: __m256) -> f32 {
         let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))

@@ -4,15 +4,21 @@
 //! - Q4_K and Q6_K ([`k_quants`]): candle's fast x86 kernels repack these into tiles a third
 //!   larger (f32 scales), need 16-row multiples, and Q6_K has no fast one-row kernel; these read
 //!   the 144- and 210-byte blocks as stored, with the activations quantized once per row to Q8_K
-//!   and shared by every matrix of the same input. An AVX-512 VNNI path and an AVX2 path, chosen
-//!   at run time; both give the same bits (exact integer block sums, the same f32 steps).
-//! - Q8_0 ([`q8_0`]): several rows on matrices candle's fast kernels skip.
+//!   and shared by every matrix of the same input.
+//! - Q4_0, Q4_1, Q5_0 and Q8_0 ([`blocks32`]): candle has no fast x86 kernel for the first three,
+//!   nor for Q8_0 where the inner dimension is not a multiple of 256 (every matrix of SmolLM2 and
+//!   Gemma 3 270M); activations are quantized once per row in blocks of 32.
+//! - Q8_0 prompt chunks ([`q8_0`]): 32 to 255 rows on matrices candle's fast kernels skip.
+//!
+//! An AVX-512 VNNI path and an AVX2 path, chosen at run time; both give the same bits (exact
+//! integer block sums, the same f32 steps).
 //!
 //! Columns (output features) are split over wick's own threads ([`pool`], made to share the CPU
 //! with other processes), so a row's result never depends on the other rows of the call (batch
 //! invariance), nor on the number of threads.
 
 mod activations;
+mod blocks32;
 mod k_quants;
 mod pool;
 pub(crate) mod q8_0;
@@ -20,10 +26,12 @@ pub(crate) mod q8_0;
 use candle_core::quantized::{GgmlDType, QTensor};
 
 use crate::error::Result;
-use activations::Q8K;
+use activations::{Q8K, Q8x32};
 
 /// Values per k-quant block (and per Q8_K activation block).
 const QK_K: usize = 256;
+/// Values per block of the 32-value types (and per activation block of theirs).
+const QK32: usize = 32;
 /// The fewest output columns per parallel task.
 const TASK_COLUMNS: usize = 16;
 /// Columns per kernel call: the per-call setup is spread over them, the sums fit on the stack.
@@ -37,6 +45,17 @@ const COLUMNS_PER_CALL: usize = 64;
 pub(crate) enum Threads {
     Wick,
     Candle,
+}
+
+impl Threads {
+    /// Runs `f` for each of `parts` on these threads.
+    fn run(self, parts: usize, f: impl Fn(usize) + Sync) {
+        match self {
+            Threads::Wick => pool::pool().run(parts, f),
+            Threads::Candle => candle_core::utils::barrier_pool()
+                .execute_chunked(parts, |range| range.for_each(&f)),
+        }
+    }
 }
 
 /// The SIMD instruction sets the kernels are written for.
@@ -103,31 +122,54 @@ pub(crate) fn prefer_huge_pages(bytes: &[u8]) {
     let _ = bytes;
 }
 
-/// Whether the k-quant kernels take `weight`: Q4_K or Q6_K, `(n, k)`, stored whole.
-pub(crate) fn k_quant_applies(weight: &QTensor) -> bool {
-    let Ok((n, k)) = weight.shape().dims2() else {
-        return false;
-    };
-    block_bytes(weight.dtype()).is_some_and(|bytes| {
-        k.is_multiple_of(QK_K)
-            && weight
-                .data()
-                .is_ok_and(|data| data.len() == n * (k / QK_K) * bytes)
-    })
+/// How a type's activations are quantized: matrices of one family share one quantization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// Q4_K, Q6_K: Q8_K activations.
+    KQuants,
+    /// Q4_0, Q4_1, Q5_0, Q8_0: activations in blocks of 32.
+    Blocks32,
 }
 
-fn block_bytes(dtype: GgmlDType) -> Option<usize> {
+/// The family of a type the kernels read, with its values and bytes per block.
+fn layout(dtype: GgmlDType) -> Option<(Family, usize, usize)> {
     match dtype {
-        GgmlDType::Q4K => Some(k_quants::Q4K_BYTES),
-        GgmlDType::Q6K => Some(k_quants::Q6K_BYTES),
-        _ => None,
+        GgmlDType::Q4K => Some((Family::KQuants, QK_K, k_quants::Q4K_BYTES)),
+        GgmlDType::Q6K => Some((Family::KQuants, QK_K, k_quants::Q6K_BYTES)),
+        other => blocks32::kind(other).map(|(_, bytes)| (Family::Blocks32, QK32, bytes)),
     }
 }
 
-/// `x` `(m, k)` row-major times each of `weights` `(n, k)` (Q4_K or Q6_K) transposed, at
-/// `level`: `(m, n)` row-major each. The weights share one Q8_K quantization of `x` and one
+/// The family of `weight` where wick's kernels take it: a type they read, `(n, k)` with `k` a
+/// multiple of the block, stored whole.
+pub(crate) fn family(weight: &QTensor) -> Option<Family> {
+    let (n, k) = weight.shape().dims2().ok()?;
+    let (family, values, bytes) = layout(weight.dtype())?;
+    let whole = weight
+        .data()
+        .is_ok_and(|data| data.len() == n * (k / values) * bytes);
+    (k.is_multiple_of(values) && whole).then_some(family)
+}
+
+/// The activations of one call, quantized for the weights' family.
+enum Activations {
+    KQuants(Q8K),
+    Blocks32(Q8x32),
+}
+
+impl Activations {
+    fn blocks(&self) -> usize {
+        match self {
+            Activations::KQuants(acts) => acts.blocks,
+            Activations::Blocks32(acts) => acts.blocks,
+        }
+    }
+}
+
+/// `x` `(m, k)` row-major times each of `weights` `(n, k)` transposed, at `level`: `(m, n)`
+/// row-major each. The weights, all of one [`Family`], share one quantization of `x` and one
 /// parallel region.
-pub(crate) fn k_quant_matmul(
+pub(crate) fn matmul(
     weights: &[&QTensor],
     x: &[f32],
     m: usize,
@@ -135,39 +177,50 @@ pub(crate) fn k_quant_matmul(
     threads: Threads,
 ) -> Result<Vec<Vec<f32>>> {
     let k = x.len() / m.max(1);
+    let first_family = weights.first().and_then(|w| family(w));
     let mut parts = Vec::with_capacity(weights.len());
     for weight in weights {
         let (n, inner) = weight.shape().dims2()?;
-        if !k_quant_applies(weight) || inner != k || m * k != x.len() {
+        let family = family(weight).filter(|f| Some(*f) == first_family);
+        let Some((_, _, bytes)) = layout(weight.dtype()).filter(|_| family.is_some()) else {
             return Err(candle_core::Error::Msg(format!(
-                "k-quant kernel: {:?} weight {n}x{inner}, {} inputs for {m} rows",
-                weight.dtype(),
+                "wick's kernels: {:?} weight {n}x{inner} beside {first_family:?}",
+                weight.dtype()
+            ))
+            .into());
+        };
+        if inner != k || m * k != x.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "wick's kernels: weight {n}x{inner}, {} inputs for {m} rows",
                 x.len()
             ))
             .into());
         }
-        parts.push((weight.data()?, weight.dtype(), n));
+        parts.push((weight.data()?, weight.dtype(), n, bytes));
     }
-    let acts = Q8K::quantize(x, m);
-    let mut outputs: Vec<Vec<f32>> = parts.iter().map(|(_, _, n)| vec![0f32; m * n]).collect();
+    let acts = match first_family {
+        Some(Family::Blocks32) => Activations::Blocks32(Q8x32::quantize(x, m)),
+        _ => Activations::KQuants(Q8K::quantize(x, m)),
+    };
+    let mut outputs: Vec<Vec<f32>> = parts.iter().map(|(_, _, n, _)| vec![0f32; m * n]).collect();
     let targets: Vec<usize> = outputs
         .iter_mut()
         .map(|y| y.as_mut_ptr() as usize)
         .collect();
     // About eight tasks per thread even out the threads, and let the others take a late
     // thread's share (see `pool`).
-    let columns: usize = parts.iter().map(|(_, _, n)| n).sum();
+    let columns: usize = parts.iter().map(|(_, _, n, _)| n).sum();
     let threads_count = candle_core::utils::get_num_threads();
     let per_task = (columns / (8 * threads_count)).max(TASK_COLUMNS);
     let tasks: Vec<(usize, usize)> = parts
         .iter()
         .enumerate()
-        .flat_map(|(i, (_, _, n))| (0..*n).step_by(per_task).map(move |first| (i, first)))
+        .flat_map(|(i, (_, _, n, _))| (0..*n).step_by(per_task).map(move |first| (i, first)))
         .collect();
     let run = |task: usize| {
         let (i, first) = tasks[task];
-        let (data, dtype, n) = &parts[i];
-        let bytes = acts.blocks * block_bytes(*dtype).unwrap_or(0);
+        let (data, dtype, n, block_bytes) = &parts[i];
+        let bytes = acts.blocks() * block_bytes;
         let end = (first + per_task).min(*n);
         let mut sums = [[0f32; 4]; COLUMNS_PER_CALL];
         for start in (first..end).step_by(COLUMNS_PER_CALL) {
@@ -189,11 +242,7 @@ pub(crate) fn k_quant_matmul(
             }
         }
     };
-    match threads {
-        Threads::Wick => pool::pool().run(tasks.len(), run),
-        Threads::Candle => candle_core::utils::barrier_pool()
-            .execute_chunked(tasks.len(), |range| range.for_each(run)),
-    }
+    threads.run(tasks.len(), run);
     Ok(outputs)
 }
 
@@ -203,38 +252,77 @@ fn columns_times_rows(
     level: Level,
     dtype: GgmlDType,
     columns: &[u8],
-    acts: &Q8K,
+    acts: &Activations,
     first: usize,
     rows: usize,
     out: &mut [[f32; 4]],
 ) {
-    assert!(first + rows <= acts.rows && (1..=4).contains(&rows));
+    let (rows_there, blocks) = match acts {
+        Activations::KQuants(a) => (a.rows, a.blocks),
+        Activations::Blocks32(a) => (a.rows, a.blocks),
+    };
+    // Rows come in groups of four from the first (the 32-value kernels read a group's sums).
+    assert!(first + rows <= rows_there && (1..=4).contains(&rows) && first.is_multiple_of(4));
     assert_eq!(
         Some(columns.len()),
-        block_bytes(dtype).map(|b| b * acts.blocks * out.len())
+        layout(dtype).map(|(_, _, bytes)| bytes * blocks * out.len())
     );
     let columns = columns.as_ptr();
     #[cfg(target_arch = "x86_64")]
     {
+        use blocks32::x86 as b32;
         use k_quants::x86::*;
         macro_rules! run {
-            ($kernel:ident) => {
+            ($kernel:ident, $acts:expr) => {
                 // SAFETY: `level` came from `Level::supported()` (its features are present); the
                 // asserts above keep every block and row the kernel reads inside `columns` and
-                // `acts`.
+                // the activations.
                 match rows {
-                    1 => unsafe { $kernel::<1>(columns, out, acts, first) },
-                    2 => unsafe { $kernel::<2>(columns, out, acts, first) },
-                    3 => unsafe { $kernel::<3>(columns, out, acts, first) },
-                    _ => unsafe { $kernel::<4>(columns, out, acts, first) },
+                    1 => unsafe { $kernel::<1>(columns, out, $acts, first) },
+                    2 => unsafe { $kernel::<2>(columns, out, $acts, first) },
+                    3 => unsafe { $kernel::<3>(columns, out, $acts, first) },
+                    _ => unsafe { $kernel::<4>(columns, out, $acts, first) },
+                }
+            };
+            ($kernel:ident::<$kind:ident>, $acts:expr) => {
+                // SAFETY: as above. One row takes one column at a time, several rows several
+                // columns (each activation block loaded once for them): what measured fastest.
+                match rows {
+                    1 => unsafe {
+                        $kernel::<{ blocks32::$kind }, 1, 1>(columns, out, $acts, first)
+                    },
+                    2 => unsafe {
+                        $kernel::<{ blocks32::$kind }, 2, 2>(columns, out, $acts, first)
+                    },
+                    3 => unsafe {
+                        $kernel::<{ blocks32::$kind }, 3, 4>(columns, out, $acts, first)
+                    },
+                    _ => unsafe {
+                        $kernel::<{ blocks32::$kind }, 4, 4>(columns, out, $acts, first)
+                    },
                 }
             };
         }
-        match (level, dtype) {
-            (Level::Avx512Vnni, GgmlDType::Q4K) => run!(q4k_avx512),
-            (Level::Avx512Vnni, _) => run!(q6k_avx512),
-            (Level::Avx2, GgmlDType::Q4K) => run!(q4k_avx2),
-            (Level::Avx2, _) => run!(q6k_avx2),
+        use b32::{avx2 as b32_avx2, avx512 as b32_avx512};
+        match (acts, level, dtype) {
+            (Activations::KQuants(a), Level::Avx512Vnni, GgmlDType::Q4K) => run!(q4k_avx512, a),
+            (Activations::KQuants(a), Level::Avx512Vnni, _) => run!(q6k_avx512, a),
+            (Activations::KQuants(a), Level::Avx2, GgmlDType::Q4K) => run!(q4k_avx2, a),
+            (Activations::KQuants(a), Level::Avx2, _) => run!(q6k_avx2, a),
+            (Activations::Blocks32(a), Level::Avx512Vnni, GgmlDType::Q4_0) => {
+                run!(b32_avx512::<Q4_0>, a)
+            }
+            (Activations::Blocks32(a), Level::Avx512Vnni, GgmlDType::Q4_1) => {
+                run!(b32_avx512::<Q4_1>, a)
+            }
+            (Activations::Blocks32(a), Level::Avx512Vnni, GgmlDType::Q5_0) => {
+                run!(b32_avx512::<Q5_0>, a)
+            }
+            (Activations::Blocks32(a), Level::Avx512Vnni, _) => run!(b32_avx512::<Q8_0>, a),
+            (Activations::Blocks32(a), Level::Avx2, GgmlDType::Q4_0) => run!(b32_avx2::<Q4_0>, a),
+            (Activations::Blocks32(a), Level::Avx2, GgmlDType::Q4_1) => run!(b32_avx2::<Q4_1>, a),
+            (Activations::Blocks32(a), Level::Avx2, GgmlDType::Q5_0) => run!(b32_avx2::<Q5_0>, a),
+            (Activations::Blocks32(a), Level::Avx2, _) => run!(b32_avx2::<Q8_0>, a),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

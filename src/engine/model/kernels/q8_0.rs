@@ -16,6 +16,7 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
+use super::Threads;
 use crate::error::Result;
 
 const BLOCK: usize = 32;
@@ -51,7 +52,12 @@ pub(crate) fn applies(weight: &QTensor) -> bool {
 
 /// `x` `(m, k)` row-major times each of `weights` `(n, k)` transposed: `(m, n)` row-major each.
 /// Several weights share one quantization of `x` and one parallel region (q/k/v, gate/up).
-pub(crate) fn matmul(weights: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+pub(crate) fn matmul(
+    weights: &[&QTensor],
+    x: &[f32],
+    m: usize,
+    threads: Threads,
+) -> Result<Vec<Vec<f32>>> {
     let k = x.len() / m.max(1);
     let mut parts = Vec::with_capacity(weights.len());
     for weight in weights {
@@ -74,11 +80,10 @@ pub(crate) fn matmul(weights: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<Ve
         .map(|y| y.as_mut_ptr() as usize)
         .collect();
     // Long runs of columns stream from memory best (each tile prefetches the next); about
-    // eight per thread even out the threads. candle's own worker pool runs the tasks: a second
-    // pool would fight its spinning workers for the cores.
-    let pool = candle_core::utils::barrier_pool();
+    // eight per thread even out the threads. The model's other kernels' pool runs the tasks: a
+    // second pool would fight its spinning workers for the cores.
     let columns: usize = parts.iter().map(|(_, n)| n).sum();
-    let per_task = (columns / (8 * (pool.n_workers() + 1)))
+    let per_task = (columns / (8 * candle_core::utils::get_num_threads()))
         .next_multiple_of(4)
         .max(TASK_COLUMNS);
     let tasks: Vec<(usize, usize)> = parts
@@ -86,19 +91,19 @@ pub(crate) fn matmul(weights: &[&QTensor], x: &[f32], m: usize) -> Result<Vec<Ve
         .enumerate()
         .flat_map(|(i, (_, n))| (0..*n).step_by(per_task).map(move |first| (i, first)))
         .collect();
-    pool.execute_chunked(tasks.len(), |range| {
-        for &(i, first) in &tasks[range] {
-            let (data, n) = &parts[i];
-            let count = per_task.min(n - first);
-            // SAFETY: each task writes only its own columns of output `i`, which outlives the
-            // call; `run_columns` keeps to the `m` rows and `n` columns.
-            let out = Output {
-                y: targets[i] as *mut f32,
-                n: *n,
-            };
-            unsafe { run_columns(data, k, first, count, &rows, &out) };
-        }
-    });
+    let run = |task: usize| {
+        let (i, first) = tasks[task];
+        let (data, n) = &parts[i];
+        let count = per_task.min(n - first);
+        // SAFETY: each task writes only its own columns of output `i`, which outlives the
+        // call; `run_columns` keeps to the `m` rows and `n` columns.
+        let out = Output {
+            y: targets[i] as *mut f32,
+            n: *n,
+        };
+        unsafe { run_columns(data, k, first, count, &rows, &out) };
+    };
+    threads.run(tasks.len(), run);
     Ok(outputs)
 }
 
@@ -288,7 +293,7 @@ mod tests {
             let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
             let x = Tensor::randn(0f32, 1.0, (m, k), &device).unwrap();
             let x_values = x.flatten_all().unwrap().to_vec1().unwrap();
-            let ours = matmul(&[&q, &q], &x_values, m).unwrap();
+            let ours = matmul(&[&q, &q], &x_values, m, Threads::Wick).unwrap();
             let theirs = candle_core::quantized::QMatMul::from_qtensor(q)
                 .unwrap()
                 .forward(&x)

@@ -33,6 +33,16 @@ fn inputs(m: usize, k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The kernel of each type at `level`, column `c`, row `r`, computed lane by lane in plain Rust.
+fn reference(dtype: GgmlDType, column: &[u8], x: &[f32], m: usize, r: usize) -> f32 {
+    match layout(dtype) {
+        Some((Family::KQuants, _, _)) => {
+            k_quants::reference(dtype, column, &Q8K::quantize(x, m), r)
+        }
+        _ => blocks32::reference(dtype, column, &Q8x32::quantize(x, m), r),
+    }
+}
+
 /// Each level against the block-by-block reference (the same bits), and the reference against
 /// dequantize + f32 within the rounding of the activations to 8 bits.
 #[test]
@@ -41,41 +51,54 @@ fn every_level_matches_the_reference_and_f32_within_the_activation_rounding() {
     if levels.is_empty() {
         return;
     }
-    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
-        for (n, k) in [(40, 256), (33, 1536), (19, 8960)] {
+    let k_quant_shapes = [(40, 256), (33, 1536), (19, 8960)];
+    let block32_shapes = [(40, 576), (37, 640), (33, 1536), (19, 8960)];
+    let cases = [
+        (GgmlDType::Q4K, &k_quant_shapes[..]),
+        (GgmlDType::Q6K, &k_quant_shapes[..]),
+        (GgmlDType::Q4_0, &block32_shapes[..]),
+        (GgmlDType::Q4_1, &block32_shapes[..]),
+        (GgmlDType::Q5_0, &block32_shapes[..]),
+        (GgmlDType::Q8_0, &block32_shapes[..]),
+    ];
+    for (dtype, shapes) in cases {
+        let Some((_, block, _)) = layout(dtype) else {
+            panic!("{dtype:?} has a layout")
+        };
+        for &(n, k) in shapes {
             let (q, dense) = weights(dtype, n, k, 7);
             for m in [1, 2, 3, 8, 17, 32] {
                 let x = inputs(m, k);
-                let acts = Q8K::quantize(&x, m);
                 let data = q.data().unwrap();
                 let bytes = data.len() / n;
+                let expected: Vec<f32> = (0..m * n)
+                    .map(|i| reference(dtype, &data[i % n * bytes..][..bytes], &x, m, i / n))
+                    .collect();
                 for level in &levels {
-                    let y = &k_quant_matmul(&[&q], &x, m, *level, Threads::Wick).unwrap()[0];
-                    for r in 0..m {
-                        for c in 0..n {
-                            let column = &data[c * bytes..(c + 1) * bytes];
-                            let expected = k_quants::reference(dtype, column, &acts, r);
-                            assert_eq!(
-                                y[r * n + c].to_bits(),
-                                expected.to_bits(),
-                                "{dtype:?} {level:?} {n}x{k}, {m} rows: row {r} column {c}"
-                            );
-                        }
+                    let y = &matmul(&[&q], &x, m, *level, Threads::Wick).unwrap()[0];
+                    for (i, (y, e)) in y.iter().zip(&expected).enumerate() {
+                        assert_eq!(
+                            y.to_bits(),
+                            e.to_bits(),
+                            "{dtype:?} {level:?} {n}x{k}, {m} rows: row {} column {}",
+                            i / n,
+                            i % n
+                        );
                     }
                 }
-                let y = &k_quant_matmul(&[&q], &x, m, levels[0], Threads::Candle).unwrap()[0];
+                let y = &matmul(&[&q], &x, m, levels[0], Threads::Candle).unwrap()[0];
                 for r in 0..m {
                     let row = &x[r * k..(r + 1) * k];
                     for c in 0..n {
                         let w = &dense[c * k..(c + 1) * k];
                         let exact: f64 = w.iter().zip(row).map(|(&w, &x)| f64::from(w * x)).sum();
                         // Each activation is off by at most half its block's step (amax / 127).
-                        let bound: f64 = (0..k / QK_K)
+                        let bound: f64 = (0..k / block)
                             .map(|b| {
-                                let block = &row[b * QK_K..(b + 1) * QK_K];
-                                let step = block.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                                let values = &row[b * block..(b + 1) * block];
+                                let step = values.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
                                 let weight: f32 =
-                                    w[b * QK_K..(b + 1) * QK_K].iter().map(|v| v.abs()).sum();
+                                    w[b * block..(b + 1) * block].iter().map(|v| v.abs()).sum();
                                 f64::from(step / 2.0 * weight)
                             })
                             .sum();
@@ -102,26 +125,35 @@ fn a_row_gets_the_same_bits_alone_and_in_any_batch() {
     let Some(level) = Level::best() else {
         return;
     };
-    let (q4, _) = weights(GgmlDType::Q4K, 72, 1536, 1);
-    let (q6, _) = weights(GgmlDType::Q6K, 40, 1536, 2);
-    let x = inputs(32, 1536);
-    let together = k_quant_matmul(&[&q4, &q6], &x, 32, level, Threads::Wick).unwrap();
-    for r in [0, 5, 16, 31] {
-        let row = &x[r * 1536..(r + 1) * 1536];
-        let alone = k_quant_matmul(&[&q6, &q4], row, 1, level, Threads::Candle).unwrap();
-        assert_eq!(alone[1], together[0][r * 72..(r + 1) * 72], "Q4_K row {r}");
-        assert_eq!(alone[0], together[1][r * 40..(r + 1) * 40], "Q6_K row {r}");
+    for (a, b, k) in [
+        (GgmlDType::Q4K, GgmlDType::Q6K, 1536),
+        (GgmlDType::Q5_0, GgmlDType::Q8_0, 640),
+        (GgmlDType::Q4_1, GgmlDType::Q4_0, 576),
+    ] {
+        let (qa, _) = weights(a, 72, k, 1);
+        let (qb, _) = weights(b, 40, k, 2);
+        let x = inputs(32, k);
+        let together = matmul(&[&qa, &qb], &x, 32, level, Threads::Wick).unwrap();
+        for r in [0, 5, 16, 31] {
+            let row = &x[r * k..(r + 1) * k];
+            let alone = matmul(&[&qb, &qa], row, 1, level, Threads::Candle).unwrap();
+            assert_eq!(alone[1], together[0][r * 72..(r + 1) * 72], "{a:?} row {r}");
+            assert_eq!(alone[0], together[1][r * 40..(r + 1) * 40], "{b:?} row {r}");
+        }
     }
 }
 
 #[test]
-fn other_types_and_shapes_are_refused() {
+fn other_types_shapes_and_mixed_families_are_refused() {
     let (q8, _) = weights(GgmlDType::Q8_0, 32, 512, 3);
-    assert!(!k_quant_applies(&q8));
+    assert_eq!(family(&q8), Some(Family::Blocks32));
     let (q4, _) = weights(GgmlDType::Q4K, 32, 512, 3);
-    assert!(k_quant_applies(&q4));
+    assert_eq!(family(&q4), Some(Family::KQuants));
+    let (q5k, _) = weights(GgmlDType::Q5K, 32, 512, 3);
+    assert_eq!(family(&q5k), None);
     if let Some(level) = Level::best() {
-        assert!(k_quant_matmul(&[&q4], &inputs(1, 256), 1, level, Threads::Wick).is_err());
-        assert!(k_quant_matmul(&[&q8], &inputs(1, 512), 1, level, Threads::Wick).is_err());
+        assert!(matmul(&[&q4], &inputs(1, 256), 1, level, Threads::Wick).is_err());
+        assert!(matmul(&[&q4, &q8], &inputs(1, 512), 1, level, Threads::Wick).is_err());
+        assert!(matmul(&[&q5k], &inputs(1, 512), 1, level, Threads::Wick).is_err());
     }
 }
