@@ -2,9 +2,10 @@
 //! behind candle's `QMatMul`.
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
-//! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices, and Q8_0 ones without a fast candle kernel, take
-//! wick's own kernels (`kernels/`) for calls of fewer than [`GEMM_ROWS`] rows, the decode rows:
-//! they read the blocks as stored, on AVX2 or AVX-512 VNNI.
+//! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices take wick's own kernels (`kernels/`) for calls of
+//! fewer than [`GEMM_ROWS`] rows, the decode rows: they read the blocks as stored, on AVX2 or
+//! AVX-512 VNNI. Q8_0 matrices without a fast candle kernel take them for a lone row, and wick's
+//! Q8_0 tiles (the same bits) for 2 to 255 rows.
 //! Where candle's fast x86 kernels apply (AVX-512 VNNI; Q4_K, Q6_K and Q8_0 with an inner
 //! dimension that is a multiple of 256) they beat dequantizing for a GEMM at every prompt length.
 //! Where they do not, candle's kernel takes rows one by one, so chunks of [`GEMM_ROWS`] or more
@@ -57,8 +58,8 @@ pub(crate) struct Linear {
     per_segment: bool,
     /// A Q6_K matrix with a fast kernel: one row alone would take another kernel than two.
     pad_single: bool,
-    /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's own prompt-chunk kernel
-    /// (see `q8_0.rs`).
+    /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's Q8_0 tiles for several
+    /// rows (see `q8_0.rs`).
     q8_0: Option<Arc<QTensor>>,
     /// The SIMD level of wick's decode-row kernels, where they take the matrix (in `matmul`) on
     /// this CPU, for calls of fewer than [`GEMM_ROWS`] rows.
@@ -254,9 +255,8 @@ impl Linear {
         self.add_bias(y)
     }
 
-    /// wick's Q8_0 prompt-chunk kernel over `x`, `(rows, in)`, for [`GEMM_ROWS`] to
-    /// [`Q8_0_GEMM_ROWS`] rows when every projection has it (fewer rows take the decode-row
-    /// kernels).
+    /// wick's Q8_0 tiles over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] rows when every
+    /// projection has them (a lone row takes the decode-row kernels, which give the same bits).
     fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();

@@ -8,7 +8,8 @@
 //! - Q4_0, Q4_1, Q5_0 and Q8_0 ([`blocks32`]): candle has no fast x86 kernel for the first three,
 //!   nor for Q8_0 where the inner dimension is not a multiple of 256 (every matrix of SmolLM2 and
 //!   Gemma 3 270M); activations are quantized once per row in blocks of 32.
-//! - Q8_0 prompt chunks ([`q8_0`]): 32 to 255 rows on matrices candle's fast kernels skip.
+//! - Q8_0 tiles ([`q8_0`]): 2 to 255 rows on matrices candle's fast kernels skip, each weight
+//!   block shared by four rows; the same bits as [`blocks32`] gives a lone row.
 //!
 //! An AVX-512 VNNI path and an AVX2 path, chosen at run time; both give the same bits (exact
 //! integer block sums, the same f32 steps).

@@ -11,7 +11,8 @@
 //! activations quantized per 32-value block with a scale of `max|x| / 127` rounded to f16, exact
 //! integer dot products per block, scaled by the product of the two scales into eight f32 lanes,
 //! summed as candle sums them. So a row gets the same bits from this kernel, whatever rows share
-//! the call, as from candle's, which stays faster for a lone row.
+//! the call, as from candle's and from `blocks32`, which takes a lone row (the model's tests
+//! check a segment's bits alone and in any batch).
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
