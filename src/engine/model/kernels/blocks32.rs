@@ -1,6 +1,7 @@
 //! Q4_0, Q4_1, Q5_0 and Q8_0 weights (blocks of 32 values), read as the file stores them, times
-//! activations quantized in blocks of 32 ([`Q8x32`]): one column of weights (an output feature)
-//! against up to four activation rows, each weight block unpacked once for all of them.
+//! activations quantized in blocks of 32 ([`Q8x32`]): up to four columns of weights (output
+//! features) against up to four activation rows, each weight block unpacked once for the rows
+//! and each activation block loaded once for the columns.
 //!
 //! A block's weights become 32 bytes: unsigned, 0..15 (Q4_0, Q4_1) or 0..31 (Q5_0), or signed
 //! (Q8_0, multiplied as |w| times the activation given w's sign, as ggml does). Their dot product
@@ -34,10 +35,10 @@ pub(crate) const Q8_0: u8 = 3;
 /// The kernels' `KIND` for `dtype`, and its block's bytes.
 pub(crate) fn kind(dtype: GgmlDType) -> Option<(u8, usize)> {
     match dtype {
-        GgmlDType::Q4_0 => Some((Q4_0, 18)),
-        GgmlDType::Q4_1 => Some((Q4_1, 20)),
-        GgmlDType::Q5_0 => Some((Q5_0, 22)),
-        GgmlDType::Q8_0 => Some((Q8_0, 34)),
+        GgmlDType::Q4_0 => Some((Q4_0, block_bytes(Q4_0))),
+        GgmlDType::Q4_1 => Some((Q4_1, block_bytes(Q4_1))),
+        GgmlDType::Q5_0 => Some((Q5_0, block_bytes(Q5_0))),
+        GgmlDType::Q8_0 => Some((Q8_0, block_bytes(Q8_0))),
         _ => None,
     }
 }
