@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests drive besides wick, once per machine, into $WICK_TEST_TOOLS (default
 # ~/.cache/wick/test-tools): the real MCP clients (the Python SDK in a virtualenv, the TypeScript
-# SDKs, the conformance suite and the Node 22 it needs, fetched with the npm that pip installs)
+# SDKs, the MCP Inspector 0.15 CLI, the conformance suite and the Node 22 it needs, fetched with the npm that pip installs)
 # and HAProxy (tests/clients/haproxy.sh). Needs only python3 with venv. Safe to run concurrently.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
