@@ -400,22 +400,16 @@ async fn an_expired_session_gets_404_and_the_client_initializes_again() {
     let http = reqwest::Client::new();
 
     // A raw session: its id is answered with 404 once it has expired.
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let init = initialize_request(0);
     let response = post(&http, &server, &init, &[]).await;
     let session = response.headers()["mcp-session-id"]
         .to_str()
         .unwrap()
         .to_string();
-    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
-    let headers = [
-        ("mcp-session-id", session.as_str()),
-        ("mcp-protocol-version", "2025-11-25"),
-    ];
-    assert_eq!(post(&http, &server, &ping, &headers).await.status(), 200);
+    assert_eq!(ping_in_session(&http, &server, &session).await, 200);
     // Idle for longer than the timeout (any request would count as activity).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let status = post(&http, &server, &ping, &headers).await.status();
+    let status = ping_in_session(&http, &server, &session).await;
     assert_eq!(status, 404, "the session should have expired");
     // So is a DELETE of it: there is nothing to end.
     assert_eq!(delete(&http, &server, &session).await.status(), 404);
@@ -468,6 +462,26 @@ async fn post(
     request.send().await.unwrap()
 }
 
+/// A 2025-11-25 `initialize` request with `id`: what opens a raw session.
+fn initialize_request(id: u64) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+}
+
+/// A `ping` inside the 2025-era session `session`: the HTTP status it gets.
+async fn ping_in_session(
+    http: &reqwest::Client,
+    server: &TestServer,
+    session: &str,
+) -> reqwest::StatusCode {
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let headers = [
+        ("mcp-session-id", session),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    post(http, server, &ping, &headers).await.status()
+}
+
 /// The JSON-RPC messages of an SSE (or plain JSON) response.
 async fn messages(response: reqwest::Response) -> Vec<Value> {
     let body = response.text().await.unwrap();
@@ -489,8 +503,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let server = TestServer::start(options, LoadOptions::default()).await;
     let http = reqwest::Client::new();
     let auth = ("authorization", "Bearer s3cret");
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+    let init = initialize_request(0);
 
     // No token, a wrong token: 401 with a Bearer challenge.
     for headers in [vec![], vec![("authorization", "Bearer wrong")]] {
@@ -911,8 +924,7 @@ struct RawSession {
 impl RawSession {
     async fn open(server: &TestServer) -> Self {
         let http = reqwest::Client::new();
-        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}});
+        let init = initialize_request(0);
         let response = post(&http, server, &init, &[]).await;
         let id = response.headers()["mcp-session-id"]
             .to_str()
@@ -1148,13 +1160,9 @@ async fn sessions_past_the_limit_are_refused_and_open_ones_keep_working() {
     };
     let server = TestServer::start(options, LoadOptions::default()).await;
     let http = reqwest::Client::new();
-    let init = |id: u64| {
-        json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
-    };
     let mut sessions = Vec::new();
     for id in 0..9 {
-        let response = post(&http, &server, &init(id), &[]).await;
+        let response = post(&http, &server, &initialize_request(id), &[]).await;
         if id < 3 {
             assert_eq!(response.status(), 200);
             sessions.push(
@@ -1185,35 +1193,36 @@ async fn sessions_past_the_limit_are_refused_and_open_ones_keep_working() {
     assert!(sse.text().await.unwrap().contains("--max-sessions"));
 
     // The open sessions still work, and so do stateless calls, which hold no session.
-    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
-    let in_session = |session: &str| {
-        [
-            ("mcp-session-id", session.to_string()),
-            ("mcp-protocol-version", "2025-11-25".to_string()),
-        ]
-    };
     for session in &sessions {
-        let headers = in_session(session);
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(post(&http, &server, &ping, &headers).await.status(), 200);
+        assert_eq!(ping_in_session(&http, &server, session).await, 200);
     }
     let (client, _) = connect(&server, Era::Stateless).await;
     assert_eq!(client.list_all_tools().await.unwrap().len(), 3);
 
     // A deleted session makes room at once.
     assert_eq!(delete(&http, &server, &sessions[0]).await.status(), 204);
-    assert_eq!(post(&http, &server, &init(20), &[]).await.status(), 200);
-    assert_eq!(post(&http, &server, &init(21), &[]).await.status(), 503);
+    assert_eq!(
+        post(&http, &server, &initialize_request(20), &[])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(&http, &server, &initialize_request(21), &[])
+            .await
+            .status(),
+        503
+    );
     // Idle sessions expire and make room too.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for id in 30..33 {
-        assert_eq!(post(&http, &server, &init(id), &[]).await.status(), 200);
+        assert_eq!(
+            post(&http, &server, &initialize_request(id), &[])
+                .await
+                .status(),
+            200
+        );
     }
-}
-
-fn initialize_request(id: u64) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": {
-    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
 }
 
 /// 50 concurrent `initialize`s against `--max-sessions 20`: exactly 20 sessions open (the check
@@ -1266,31 +1275,15 @@ async fn at_the_limit_the_least_recently_used_idle_session_makes_room() {
     assert_eq!(refused.status(), 503);
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let ping = |session: &str| {
-        let headers = [
-            ("mcp-session-id", session.to_string()),
-            ("mcp-protocol-version", "2025-11-25".to_string()),
-        ];
-        let (http, server) = (&http, &server);
-        async move {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
-            post(http, server, &ping, &headers).await.status().as_u16()
-        }
-    };
+    let ping = |i: usize| ping_in_session(&http, &server, &sessions[i]);
     // Sessions 1 and 2 are used again; session 0 is the least recently used.
-    assert_eq!(ping(&sessions[1]).await, 200);
-    assert_eq!(ping(&sessions[2]).await, 200);
+    assert_eq!(ping(1).await, 200);
+    assert_eq!(ping(2).await, 200);
     let admitted = post(&http, &server, &initialize_request(4), &[]).await;
     assert_eq!(admitted.status(), 200);
-    assert_eq!(
-        ping(&sessions[0]).await,
-        404,
-        "the idlest session made room"
-    );
-    assert_eq!(ping(&sessions[1]).await, 200);
-    assert_eq!(ping(&sessions[2]).await, 200);
+    assert_eq!(ping(0).await, 404, "the idlest session made room");
+    assert_eq!(ping(1).await, 200);
+    assert_eq!(ping(2).await, 200);
 }
 
 /// Sends `body` as a POST to `/mcp` with `headers` from a socket with a tiny receive buffer,

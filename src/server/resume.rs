@@ -98,11 +98,6 @@ impl ResumableSessions {
         self.close_session(&id).await.is_ok()
     }
 
-    /// Marks a use of session `id`: `running` requests start (+1) or end (-1).
-    fn touch(&self, id: &SessionId, running: isize) {
-        touch(&self.activity, id, running);
-    }
-
     /// Copies rmcp's stream into `log` as fast as rmcp writes it; keeps the log findable by
     /// `Last-Event-ID` until the window after its end.
     fn pump(&self, log: Arc<Log>, events: impl Stream<Item = ServerSseMessage> + Send + 'static) {
@@ -159,6 +154,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Marks a use of session `id`: `running` requests start (+1) or end (-1).
 fn touch(activity: &Mutex<HashMap<SessionId, Activity>>, id: &SessionId, running: isize) {
     let mut activity = lock(activity);
     let entry = activity.entry(id.clone()).or_insert(Activity {
@@ -253,7 +249,7 @@ impl SessionManager for ResumableSessions {
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
         let (id, transport) = self.sessions.create_session().await?;
-        self.touch(&id, 0);
+        touch(&self.activity, &id, 0);
         Ok((id, transport))
     }
 
@@ -262,7 +258,7 @@ impl SessionManager for ResumableSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<ServerJsonRpcMessage, Self::Error> {
-        self.touch(id, 0);
+        touch(&self.activity, id, 0);
         self.sessions.initialize_session(id, message).await
     }
 
@@ -286,7 +282,7 @@ impl SessionManager for ResumableSessions {
             _ => None,
         };
         let events = self.sessions.create_stream(id, message).await?;
-        self.touch(id, 1);
+        touch(&self.activity, id, 1);
         let log = Arc::new(Log {
             session: id.clone(),
             request,
@@ -304,7 +300,7 @@ impl SessionManager for ResumableSessions {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<(), Self::Error> {
-        self.touch(id, 0);
+        touch(&self.activity, id, 0);
         self.sessions.accept_message(id, message).await
     }
 

@@ -73,10 +73,9 @@ impl Q8K {
 /// Q8_1 carries it.
 pub(crate) struct Q8x32 {
     pub scales: Vec<f32>,
-    /// Each block's scale times the sum of its values: what a weight offset multiplies.
-    pub scaled_sums: Vec<f32>,
-    /// The same per group of four rows (rows `4g..4g + 4`, zero past the last), block after
-    /// block: the kernels take a weight block's offset times four rows in one instruction.
+    /// Each block's scale times the sum of its values (what a weight offset multiplies), per
+    /// group of four rows (rows `4g..4g + 4`, zero past the last), block after block: the
+    /// kernels take a weight block's offset times four rows in one instruction.
     pub group_sums: Vec<[f32; 4]>,
     pub values: Vec<i8>,
     pub rows: usize,
@@ -90,9 +89,10 @@ impl Q8x32 {
     pub fn quantize(x: &[f32], rows: usize) -> Self {
         let blocks = x.len() / rows.max(1) / QK32;
         let mut scales = Vec::with_capacity(rows * blocks);
-        let mut scaled_sums = Vec::with_capacity(rows * blocks);
+        let mut group_sums = vec![[0f32; 4]; rows.div_ceil(4) * blocks];
         let mut values = vec![0i8; rows * blocks * QK32];
-        for (block, out) in x.chunks_exact(QK32).zip(values.chunks_exact_mut(QK32)) {
+        let chunks = x.chunks_exact(QK32).zip(values.chunks_exact_mut(QK32));
+        for (i, (block, out)) in chunks.enumerate() {
             let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
             let d = amax / 127.0;
             let inverse = if d == 0.0 { 0.0 } else { 1.0 / d };
@@ -102,16 +102,11 @@ impl Q8x32 {
             let sum: i32 = out.iter().map(|&q| i32::from(q)).sum();
             let d = half::f16::from_f32(d).to_f32();
             scales.push(d);
-            scaled_sums.push(d * sum as f32);
-        }
-        let mut group_sums = vec![[0f32; 4]; rows.div_ceil(4) * blocks];
-        for (i, &sum) in scaled_sums.iter().enumerate() {
-            let (r, b) = (i / blocks.max(1), i % blocks.max(1));
-            group_sums[r / 4 * blocks + b][r % 4] = sum;
+            let (r, b) = (i / blocks, i % blocks);
+            group_sums[r / 4 * blocks + b][r % 4] = d * sum as f32;
         }
         Self {
             scales,
-            scaled_sums,
             group_sums,
             values,
             rows,
@@ -132,21 +127,17 @@ impl Q8x32 {
         let i = r * self.blocks + b;
         (
             self.scales[i],
-            self.scaled_sums[i],
+            self.group(r / 4 * 4)[b][r % 4],
             &self.values[i * QK32..(i + 1) * QK32],
         )
     }
 
-    /// Row `r`: its blocks' scales and scaled sums, and its values (`blocks` and `32·blocks`).
+    /// Row `r`: its blocks' scales and its values (`blocks` and `32·blocks`).
     #[inline(always)]
-    pub fn row(&self, r: usize) -> (&[f32], &[f32], &[i8]) {
+    pub fn row(&self, r: usize) -> (&[f32], &[i8]) {
         let blocks = r * self.blocks..(r + 1) * self.blocks;
         let values = blocks.start * QK32..blocks.end * QK32;
-        (
-            &self.scales[blocks.clone()],
-            &self.scaled_sums[blocks],
-            &self.values[values],
-        )
+        (&self.scales[blocks], &self.values[values])
     }
 }
 

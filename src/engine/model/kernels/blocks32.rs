@@ -182,10 +182,7 @@ pub(crate) mod x86 {
             ) {
                 let stride = acts.blocks * block_bytes(KIND);
                 // Each row's blocks, checked once here rather than at every block.
-                let rows: [(&[f32], &[i8]); R] = std::array::from_fn(|r| {
-                    let (scales, _, values) = acts.row(first + r);
-                    (scales, values)
-                });
+                let rows: [(&[f32], &[i8]); R] = std::array::from_fn(|r| acts.row(first + r));
                 let group = acts.group(first);
                 let whole = out.len() / C * C;
                 for (g, sums) in out[..whole].chunks_exact_mut(C).enumerate() {

@@ -159,10 +159,11 @@ enum Activations {
 }
 
 impl Activations {
-    fn blocks(&self) -> usize {
+    /// Rows, and blocks per row.
+    fn shape(&self) -> (usize, usize) {
         match self {
-            Activations::KQuants(acts) => acts.blocks,
-            Activations::Blocks32(acts) => acts.blocks,
+            Activations::KQuants(acts) => (acts.rows, acts.blocks),
+            Activations::Blocks32(acts) => (acts.rows, acts.blocks),
         }
     }
 }
@@ -221,7 +222,7 @@ pub(crate) fn matmul(
     let run = |task: usize| {
         let (i, first) = tasks[task];
         let (data, dtype, n, block_bytes) = &parts[i];
-        let bytes = acts.blocks() * block_bytes;
+        let bytes = acts.shape().1 * block_bytes;
         let end = (first + per_task).min(*n);
         let mut sums = [[0f32; 4]; COLUMNS_PER_CALL];
         for start in (first..end).step_by(COLUMNS_PER_CALL) {
@@ -258,10 +259,7 @@ fn columns_times_rows(
     rows: usize,
     out: &mut [[f32; 4]],
 ) {
-    let (rows_there, blocks) = match acts {
-        Activations::KQuants(a) => (a.rows, a.blocks),
-        Activations::Blocks32(a) => (a.rows, a.blocks),
-    };
+    let (rows_there, blocks) = acts.shape();
     // Rows come in groups of four from the first (the 32-value kernels read a group's sums).
     assert!(first + rows <= rows_there && (1..=4).contains(&rows) && first.is_multiple_of(4));
     assert_eq!(
