@@ -34,8 +34,8 @@ pub mod server;
 
 pub use engine::{
     ChatMessage, Completion, DTypeChoice, DeviceChoice, Engine, EngineStats, FinishReason,
-    GenerateRequest, Input, LoadOptions, ManagerConfig, ModelInfo, ModelManager, ModelStatus,
-    ResolvedModel, SamplingParams, Source, Summary, Token, TokenEvent, TokenStream,
+    GenerateRequest, Input, KvDTypeChoice, LoadOptions, ManagerConfig, ModelInfo, ModelManager,
+    ModelStatus, ResolvedModel, SamplingParams, Source, Summary, Token, TokenEvent, TokenStream,
 };
 pub use error::{Error, Result};
 pub use registry::{Backend, ModelSelector, Registry, Tier};

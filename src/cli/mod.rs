@@ -14,7 +14,8 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::engine::{
-    DTypeChoice, DeviceChoice, LoadOptions, ManagerConfig, ModelManager, SamplingParams,
+    DTypeChoice, DeviceChoice, KvDTypeChoice, LoadOptions, ManagerConfig, ModelManager,
+    SamplingParams,
 };
 use crate::registry::{Backend, ModelSelector, Registry, Tier};
 
@@ -93,11 +94,22 @@ pub struct EngineArgs {
     /// a GPU].
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
-    /// Memory the KV caches of a model's running sequences may hold together, e.g. 2GiB or
-    /// 512MB; a request waits until its cache fits [default: half the available RAM on the
-    /// CPU, 80% of the GPU's free memory, once the weights are loaded].
+    /// Memory of a model's KV block pool, e.g. 2GiB or 512MB: what running sequences hold and
+    /// cached prompt prefixes keep; a request waits until its prompt's blocks are free
+    /// [default: half the available RAM on the CPU, 80% of the GPU's free memory, once the
+    /// weights are loaded].
     #[arg(long, value_parser = parse_bytes)]
     pub kv_cache_memory: Option<usize>,
+    /// Positions per KV block: the unit in which sequences take memory and prompts share
+    /// cached prefixes.
+    #[arg(long, default_value_t = LoadOptions::default().kv_block_size, value_parser = parse_block_size)]
+    pub kv_block_size: usize,
+    /// What the KV blocks hold: auto is f16 on the CPU, the model's dtype on a GPU.
+    #[arg(long, value_enum, default_value_t = KvDTypeChoice::Auto)]
+    pub kv_cache_dtype: KvDTypeChoice,
+    /// Compute every prompt in full instead of reusing the blocks of a prefix computed before.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
 }
 
 impl EngineArgs {
@@ -107,6 +119,9 @@ impl EngineArgs {
             queue_limit: self.queue_limit,
             max_batch_tokens: self.max_batch_tokens,
             kv_cache_memory: self.kv_cache_memory,
+            kv_block_size: self.kv_block_size,
+            kv_cache_dtype: self.kv_cache_dtype,
+            prefix_cache: !self.no_prefix_cache,
             ..LoadOptions::default()
         }
     }
@@ -115,6 +130,13 @@ impl EngineArgs {
 fn parse_bytes(s: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = s.parse()?;
     usize::try_from(size.as_u64()).map_err(|e| e.to_string())
+}
+
+fn parse_block_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=4096).contains(&n) => Ok(n),
+        _ => Err(format!("{s} is not a block size from 1 to 4096 positions")),
+    }
 }
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {

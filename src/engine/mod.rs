@@ -3,6 +3,7 @@
 pub(crate) mod chat;
 mod device;
 pub(crate) mod gguf_metadata;
+mod kv;
 mod load;
 mod manager;
 pub(crate) mod model;
@@ -30,7 +31,7 @@ pub use device::{DTypeChoice, DeviceChoice};
 pub use manager::{ManagerConfig, ModelManager, ModelStatus};
 pub use resolve::{ResolvedModel, Source};
 pub use sampling::SamplingParams;
-pub use start::LoadOptions;
+pub use start::{KvDTypeChoice, LoadOptions};
 pub use stream::{Completion, FinishReason, Summary, Token, TokenEvent, TokenStream};
 
 use crate::error::{Error, Result};
@@ -112,8 +113,12 @@ pub(crate) struct Counters {
     requests: AtomicU64,
     tokens: AtomicU64,
     cancelled: AtomicU64,
-    kv_bytes: AtomicUsize,
     steps: AtomicU64,
+    kv_blocks_used: AtomicUsize,
+    kv_blocks_cached: AtomicUsize,
+    prefix_cache_queries: AtomicU64,
+    prefix_cache_hits: AtomicU64,
+    preemptions: AtomicU64,
 }
 
 /// A snapshot of an engine's load and work so far.
@@ -129,10 +134,23 @@ pub struct EngineStats {
     pub tokens: u64,
     /// Requests that ended because their caller went away or cancelled.
     pub cancelled: u64,
-    /// Bytes the running sequences' KV caches hold.
+    /// Bytes of the KV blocks sequences hold (in use, not merely cached).
     pub kv_cache_bytes: usize,
-    /// Bytes they may hold together (`--kv-cache-memory`); a request waits until its cache fits.
+    /// Bytes of the whole block pool (`--kv-cache-memory`).
     pub kv_cache_budget: usize,
+    /// Blocks in the pool, of `kv_block_size` positions each.
+    pub kv_blocks_total: usize,
+    /// Blocks running sequences hold.
+    pub kv_blocks_used: usize,
+    /// Free blocks that still hold a cached prompt prefix (evicted least recently used first).
+    pub kv_blocks_cached: usize,
+    /// Positions per block (`--kv-block-size`).
+    pub kv_block_size: usize,
+    /// Prompt tokens looked up in the prefix cache, and those found there.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    /// Sequences preempted (their blocks freed, recomputed later) because the pool ran out.
+    pub preemptions: u64,
     /// Forward passes run; each advances every running sequence.
     pub steps: u64,
 }
@@ -145,9 +163,9 @@ pub struct Engine {
     jobs: mpsc::Sender<Job>,
     queue_limit: usize,
     counters: Arc<Counters>,
-    /// KV-cache bytes per position, and what all caches may hold together.
-    kv_bytes_per_position: usize,
-    kv_cache_budget: usize,
+    /// The shape of the KV blocks, and how many the pool holds.
+    kv_shape: kv::KvShape,
+    kv_blocks: usize,
     faults: Arc<FaultInjection>,
 }
 
@@ -158,15 +176,24 @@ impl Engine {
 
     pub fn stats(&self) -> EngineStats {
         let c = &self.counters;
+        let block = self.kv_shape.bytes_per_block();
+        let used = c.kv_blocks_used.load(Relaxed);
         EngineStats {
             queued: c.queued.load(Relaxed),
             active: c.active.load(Relaxed),
             requests: c.requests.load(Relaxed),
             tokens: c.tokens.load(Relaxed),
             cancelled: c.cancelled.load(Relaxed),
-            kv_cache_bytes: c.kv_bytes.load(Relaxed),
-            kv_cache_budget: self.kv_cache_budget,
+            kv_cache_bytes: used * block,
+            kv_cache_budget: self.kv_blocks * block,
             steps: c.steps.load(Relaxed),
+            kv_blocks_total: self.kv_blocks,
+            kv_blocks_used: used,
+            kv_blocks_cached: c.kv_blocks_cached.load(Relaxed),
+            kv_block_size: self.kv_shape.block_size,
+            prefix_cache_queries: c.prefix_cache_queries.load(Relaxed),
+            prefix_cache_hits: c.prefix_cache_hits.load(Relaxed),
+            preemptions: c.preemptions.load(Relaxed),
         }
     }
 
@@ -205,13 +232,15 @@ impl Engine {
                 context_length: self.info.context_length,
             });
         }
-        let needed_bytes = (prompt.len() + params.max_tokens) * self.kv_bytes_per_position;
-        if needed_bytes > self.kv_cache_budget {
+        // Blocks are taken as a sequence grows, but it must fit alone once it runs alone.
+        let needed = self.kv_shape.blocks_for(prompt.len() + params.max_tokens);
+        if needed > self.kv_blocks {
+            let block = self.kv_shape.bytes_per_block();
             return Err(Error::KvCacheTooSmall {
                 prompt_tokens: prompt.len(),
                 max_tokens: params.max_tokens,
-                needed_bytes,
-                budget_bytes: self.kv_cache_budget,
+                needed_bytes: needed * block,
+                budget_bytes: self.kv_blocks * block,
             });
         }
         // Room for every event of this request, so the engine never waits on a slow reader.

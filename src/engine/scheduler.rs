@@ -1,11 +1,16 @@
 //! Which sequences run, and which of their rows go into the next step.
 //!
-//! Requests wait in the bounded queue (full: "busy") until their KV cache fits in the engine's
-//! memory budget and a slot is free; then they join at the next step, first come first served.
-//! Every step takes one decode row from each running sequence that has its prompt in the cache,
-//! then prompt chunks, oldest first, up to the prompt-token budget: a long prompt is prefilled a
-//! chunk per step while the others keep getting tokens.
+//! Requests wait in the bounded queue (full: "busy") until a slot is free and the KV manager has
+//! the blocks of their prompt (plus one position), sharing any cached prefix; then they join at
+//! the next step, first come first served. Every step takes one decode row from each running
+//! sequence that has its prompt in the cache, then prompt chunks, oldest first, up to the
+//! prompt-token budget: a long prompt is prefilled a chunk per step while the others keep getting
+//! tokens. Each sequence's table grows as it advances; when the pool runs out, the most recently
+//! admitted sequence is preempted: its blocks are freed and it waits at the head of the queue,
+//! to compute its keys and values again when readmitted. The oldest sequence always fits alone
+//! (larger requests are refused up front), so it is never preempted by another and never starves.
 
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -13,7 +18,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::Counters;
-use super::model::Transformer;
+use super::kv::KvManager;
 use super::sequence::{Job, Sequence};
 
 /// How much work the engine takes on at once.
@@ -23,8 +28,8 @@ pub(crate) struct Limits {
     pub max_active: usize,
     /// Prompt tokens one step takes, besides the decode rows; also the chunk size.
     pub max_batch_tokens: usize,
-    /// Bytes the running sequences' KV caches may hold together.
-    pub kv_cache_bytes: usize,
+    /// Tokens a preempted sequence feeds again per step (`Transformer::replay_rows`).
+    pub replay_rows: usize,
 }
 
 pub(crate) struct Scheduler<'t> {
@@ -32,8 +37,11 @@ pub(crate) struct Scheduler<'t> {
     jobs: mpsc::Receiver<Job>,
     /// The oldest queued request, taken off the queue but still waiting for room.
     head: Option<Job>,
+    /// Preempted sequences, oldest first: readmitted before any queued request.
+    preempted: VecDeque<Sequence<'t>>,
+    /// In order of admission.
     running: Vec<Sequence<'t>>,
-    model: Arc<Transformer>,
+    kv: KvManager,
     tokenizer: &'t Tokenizer,
     counters: Arc<Counters>,
     name: String,
@@ -44,34 +52,46 @@ impl<'t> Scheduler<'t> {
         name: String,
         limits: Limits,
         jobs: mpsc::Receiver<Job>,
-        model: Arc<Transformer>,
+        kv: KvManager,
         tokenizer: &'t Tokenizer,
         counters: Arc<Counters>,
     ) -> Self {
-        Self {
+        let scheduler = Self {
             limits,
             jobs,
             head: None,
+            preempted: VecDeque::new(),
             running: Vec::new(),
-            model,
+            kv,
             tokenizer,
             counters,
             name,
-        }
+        };
+        scheduler.publish();
+        scheduler
     }
 
     pub fn chunk(&self) -> usize {
         self.limits.max_batch_tokens.max(1)
     }
 
-    /// Ends the sequences whose callers went away and drops finished ones (with their caches),
-    /// then admits queued requests while they fit. Blocks while there is nothing to run;
-    /// `false` once the engine is shut down and idle.
+    /// Ends the sequences whose callers went away, frees the blocks of finished ones, then
+    /// admits preempted sequences and queued requests while they fit. Blocks while there is
+    /// nothing to run; `false` once the engine is shut down and idle.
     pub fn admit(&mut self) -> bool {
-        for seq in &mut self.running {
+        for seq in self.running.iter_mut().chain(self.preempted.iter_mut()) {
             seq.end_if_abandoned(&self.name);
         }
-        self.running.retain(|seq| !seq.finished());
+        self.retire();
+        while let Some(mut seq) = self.preempted.pop_front() {
+            match self.room() && self.readmit(&mut seq) {
+                true => self.running.push(seq),
+                false => {
+                    self.preempted.push_front(seq);
+                    return true;
+                }
+            }
+        }
         loop {
             let job = match self.head.take() {
                 Some(job) => job,
@@ -92,46 +112,158 @@ impl<'t> Scheduler<'t> {
                 self.counters.cancelled.fetch_add(1, Relaxed);
                 continue;
             }
-            let needed = self.model.cache_bytes(job.positions());
-            let held: usize = self.running.iter().map(Sequence::cache_bytes).sum();
-            let room = self.running.len() < self.limits.max_active.max(1)
-                && held + needed <= self.limits.kv_cache_bytes;
-            // Requests larger than the whole budget are refused before they are queued; this
-            // one waits for memory unless nothing runs to free any.
-            if !room && !self.running.is_empty() {
+            let admission = match self.room() {
+                true => self.kv.admit(&job.prompt, self.reserve()),
+                false => None,
+            };
+            let Some(admission) = admission else {
+                // It waits for a slot, or for blocks the running sequences free.
                 self.head = Some(job);
+                self.publish();
+                return true;
+            };
+            self.counters.queued.fetch_sub(1, Relaxed);
+            let seq = Sequence::new(
+                job,
+                admission,
+                self.limits.replay_rows,
+                self.tokenizer,
+                self.counters.clone(),
+            );
+            self.running.push(seq);
+            self.publish();
+        }
+    }
+
+    /// Whether a slot is free.
+    fn room(&self) -> bool {
+        self.running.len() < self.limits.max_active.max(1)
+    }
+
+    /// Blocks kept free at admission, one per running sequence, so that a new prompt does not
+    /// take the blocks the running ones grow into at their next step.
+    fn reserve(&self) -> usize {
+        self.running.len()
+    }
+
+    fn readmit(&mut self, seq: &mut Sequence<'t>) -> bool {
+        let reserve = self.reserve();
+        match self.kv.admit(&seq.job.prompt, reserve) {
+            Some(admission) => {
+                seq.resume(admission);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The sequences of the next step, in row order: every decoding sequence's rows first, then
+    /// prompt chunks, oldest first, while they fit in the prompt-token budget. Each one's table
+    /// grows to hold its rows; where the pool runs out, the most recently admitted sequences are
+    /// preempted until it fits (or it was the one preempted).
+    pub fn plan(&mut self) -> Vec<&mut Sequence<'t>> {
+        let chunk = self.chunk();
+        let (decoding, prefilling): (Vec<usize>, Vec<usize>) = (0..self.running.len())
+            .filter(|&i| !self.running[i].finished())
+            .partition(|&i| self.running[i].prompt_left() == 0);
+        let mut chosen: Vec<usize> = Vec::new();
+        let mut budget = chunk;
+        for i in decoding.into_iter().chain(prefilling) {
+            let Some(seq) = self.running.get(i) else {
+                continue;
+            };
+            let rows = seq.next_rows(chunk);
+            let prefill = seq.prompt_left() > 0;
+            if prefill && rows > budget {
+                break;
+            }
+            if !self.grow_or_preempt(i, rows, &mut chosen) {
+                continue;
+            }
+            chosen.push(i);
+            if prefill {
+                budget -= rows;
+            }
+        }
+        self.publish();
+        let chosen: HashSet<usize> = chosen.into_iter().collect();
+        // Row order: decode rows first, as chosen.
+        let (mut decode, mut prompt): (Vec<_>, Vec<_>) = self
+            .running
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| chosen.contains(i))
+            .map(|(_, seq)| seq)
+            .partition(|seq| seq.prompt_left() == 0);
+        decode.append(&mut prompt);
+        decode
+    }
+
+    /// Grows sequence `i`'s table by `rows`, preempting the most recently admitted sequences
+    /// while the pool is short; false if `i` itself was preempted.
+    fn grow_or_preempt(&mut self, i: usize, rows: usize, chosen: &mut Vec<usize>) -> bool {
+        loop {
+            let seq = &mut self.running[i];
+            let positions = seq.fed() + rows;
+            if let Some(table) = seq.table_mut()
+                && self.kv.grow(table, positions)
+            {
                 return true;
             }
-            self.counters.queued.fetch_sub(1, Relaxed);
-            match self.model.new_cache(job.positions()) {
-                Ok(cache) => {
-                    let seq = Sequence::new(job, cache, self.tokenizer, self.counters.clone());
-                    self.running.push(seq);
-                }
-                Err(e) => job.fail(format!("cannot allocate the KV cache: {e}")),
+            let victim = self.running.len() - 1;
+            chosen.retain(|&c| c != victim);
+            self.preempt(victim);
+            if victim == i {
+                return false;
             }
         }
     }
 
-    /// The sequences of the next step, in row order: every decoding sequence's one row first,
-    /// then prompt chunks, oldest first, while they fit in the prompt-token budget.
-    pub fn plan(&mut self) -> Vec<&mut Sequence<'t>> {
-        let chunk = self.chunk();
-        let (decoding, prefilling): (Vec<_>, Vec<_>) = self
-            .running
-            .iter_mut()
-            .filter(|seq| !seq.finished())
-            .partition(|seq| seq.prompt_left() == 0);
-        let mut step = decoding;
-        let mut budget = chunk;
-        for seq in prefilling {
-            let rows = seq.next_rows(chunk);
-            if rows > budget {
-                break;
-            }
-            budget -= rows;
-            step.push(seq);
+    fn preempt(&mut self, i: usize) {
+        let mut seq = self.running.remove(i);
+        if let Some(table) = seq.preempt() {
+            self.kv.free(table);
         }
-        step
+        tracing::debug!(model = %self.name, "KV blocks ran out: a sequence is preempted");
+        self.counters.preemptions.fetch_add(1, Relaxed);
+        self.preempted.push_front(seq);
+    }
+
+    /// After a step: the prompt blocks it completed become findable by later prompts, and the
+    /// sequences it finished are retired.
+    pub fn update(&mut self) {
+        for seq in &mut self.running {
+            seq.cache_prompt(&mut self.kv);
+        }
+        self.retire();
+    }
+
+    /// Frees the blocks of finished sequences, then ends their streams.
+    fn retire(&mut self) {
+        let mut finished: Vec<Sequence<'t>> =
+            self.running.extract_if(.., |seq| seq.finished()).collect();
+        for seq in std::mem::take(&mut self.preempted) {
+            match seq.finished() {
+                true => finished.push(seq),
+                false => self.preempted.push_back(seq),
+            }
+        }
+        for seq in &mut finished {
+            if let Some(table) = seq.take_table() {
+                self.kv.free(table);
+            }
+        }
+        self.publish();
+        finished.into_iter().for_each(Sequence::send_summary);
+    }
+
+    /// Copies the pool's state into the engine's counters.
+    fn publish(&self) {
+        let usage = self.kv.usage();
+        let c = &self.counters;
+        c.kv_blocks_used.store(usage.used, Relaxed);
+        c.kv_blocks_cached.store(usage.cached, Relaxed);
+        c.prefix_cache_queries.store(usage.queries, Relaxed);
+        c.prefix_cache_hits.store(usage.hits, Relaxed);
     }
 }

@@ -1,4 +1,4 @@
-//! One request in flight: its KV cache, what it feeds the next step, and what becomes of the
+//! One request in flight: its block table, what it feeds the next step, and what becomes of the
 //! logits it gets back (sampling, detokenizing, stop texts, events, timings).
 
 use std::collections::HashSet;
@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
-use super::model::{KvCache, Segment};
+use super::kv::{Admission, BlockTable, KvManager};
+use super::model::Segment;
 use super::sampling::{Sampler, SamplingParams, StopCheck, StopMatcher};
 use super::stream::{FinishReason, Summary, Token, TokenEvent};
 use super::tokenizer::Detokenizer;
@@ -32,35 +33,22 @@ impl Job {
     pub fn abandoned(&self) -> bool {
         self.cancel.is_cancelled() || self.events.is_closed()
     }
-
-    /// Every position the request may reach: its cache is sized for them up front.
-    pub fn positions(&self) -> usize {
-        self.prompt.len() + self.params.max_tokens
-    }
-
-    /// Ends a request that never ran.
-    pub fn fail(self, error: String) {
-        let summary = Summary {
-            finish_reason: FinishReason::Error,
-            prompt_tokens: self.prompt.len(),
-            completion_tokens: 0,
-            queue_time: self.enqueued.elapsed(),
-            time_to_first_token: Duration::ZERO,
-            total_time: Duration::ZERO,
-            prefill_tokens_per_second: 0.0,
-            decode_tokens_per_second: 0.0,
-            error: Some(error),
-        };
-        let _ = self.events.try_send(TokenEvent::Done(summary));
-    }
 }
 
 /// Every sampled token produces one [`TokenEvent::Token`] (its text may be empty), then one
 /// [`TokenEvent::Done`] ends the stream.
 pub(crate) struct Sequence<'t> {
     pub job: Job,
-    /// Dropped, and its memory freed, when the sequence finishes.
-    cache: Option<KvCache>,
+    /// Its blocks; `None` while preempted and once finished (the scheduler frees them).
+    table: Option<BlockTable>,
+    /// Positions whose keys and values are in its blocks.
+    fed: usize,
+    /// Rows the step in flight feeds it.
+    feeding: usize,
+    /// Prompt positions found in the prefix cache at its first admission.
+    cached_tokens: usize,
+    /// Tokens fed again per step after a preemption (`Transformer::replay_rows`).
+    replay_rows: usize,
     sampler: Sampler,
     decoder: Detokenizer<'t>,
     stops: StopMatcher,
@@ -71,32 +59,39 @@ pub(crate) struct Sequence<'t> {
     prefilled: Option<Instant>,
     first_token: Option<Instant>,
     finished: bool,
+    /// The summary, sent once the scheduler has freed its blocks.
+    summary: Option<Summary>,
     counters: Arc<Counters>,
 }
 
 impl<'t> Sequence<'t> {
     pub fn new(
         job: Job,
-        cache: KvCache,
+        admission: Admission,
+        replay_rows: usize,
         tokenizer: &'t Tokenizer,
         counters: Arc<Counters>,
     ) -> Self {
         let tail = job.prompt.len().saturating_sub(4);
         let decoder = Detokenizer::new(tokenizer, &job.prompt[tail..]);
         counters.active.fetch_add(1, Relaxed);
-        counters.kv_bytes.fetch_add(cache.bytes(), Relaxed);
         Self {
             sampler: Sampler::new(&job.params, job.seed),
             stops: StopMatcher::new(job.params.stop.clone()),
             history: job.prompt.clone(),
             job,
-            cache: Some(cache),
+            table: Some(admission.table),
+            fed: admission.cached,
+            feeding: 0,
+            cached_tokens: admission.cached,
+            replay_rows,
             decoder,
             generated: 0,
             admitted: Instant::now(),
             prefilled: None,
             first_token: None,
             finished: false,
+            summary: None,
             counters,
         }
     }
@@ -105,43 +100,87 @@ impl<'t> Sequence<'t> {
         self.finished
     }
 
-    /// Bytes its cache holds (0 once finished).
-    pub fn cache_bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, KvCache::bytes)
-    }
-
     /// Prompt tokens not yet in the cache.
     pub fn prompt_left(&self) -> usize {
-        let fed = self.cache.as_ref().map_or(0, KvCache::len);
-        self.job.prompt.len().saturating_sub(fed)
+        self.job.prompt.len().saturating_sub(self.fed)
     }
 
-    /// Rows the next step feeds this sequence: its next prompt chunk, or the one token it
-    /// sampled last. Chunks end at multiples of `chunk`, so they are the same whatever else runs
-    /// (a row's arithmetic may depend on its segment's length, never on its neighbours).
+    /// Positions in the cache.
+    pub fn fed(&self) -> usize {
+        self.fed
+    }
+
+    /// Its block table, unless preempted or finished.
+    pub fn table_mut(&mut self) -> Option<&mut BlockTable> {
+        self.table.as_mut()
+    }
+
+    /// Takes its blocks away, for the scheduler to free.
+    pub fn take_table(&mut self) -> Option<BlockTable> {
+        self.table.take()
+    }
+
+    /// Rows the next step feeds this sequence: its next prompt chunk (chunks end at multiples of
+    /// `chunk`), tokens it generated before a preemption (fed again as decode rows, as they
+    /// were first computed), or the one token it sampled last.
     pub fn next_rows(&self, chunk: usize) -> usize {
-        let fed = self.job.prompt.len() - self.prompt_left();
+        let fed = self.fed;
+        let sampled = self.history.len() - 1;
         match self.prompt_left() {
+            0 if fed < sampled => (sampled - fed).min(self.replay_rows),
             0 => 1,
             _ => ((fed / chunk + 1) * chunk).min(self.job.prompt.len()) - fed,
         }
     }
 
-    /// What the next step feeds this sequence (see [`Sequence::next_rows`]).
+    /// What the next step feeds this sequence (see [`Sequence::next_rows`]); `None` without
+    /// blocks.
     pub fn segment(&mut self, chunk: usize) -> Option<Segment<'_>> {
         let rows = self.next_rows(chunk);
-        let cache = self.cache.as_mut()?;
-        let fed = cache.len();
-        let prompt = &self.job.prompt;
-        let (tokens, logits) = match fed < prompt.len() {
-            true => (&prompt[fed..fed + rows], fed + rows == prompt.len()),
-            false => (&self.history[self.history.len() - 1..], true),
+        let table = self.table.as_ref()?;
+        let (fed, prompt) = (self.fed, &self.job.prompt);
+        let (tokens, logits, is_prompt) = match fed < prompt.len() {
+            // The prompt's last chunk samples the first token, unless it was sampled before a
+            // preemption.
+            true => (
+                &prompt[fed..fed + rows],
+                fed + rows == prompt.len() && self.generated == 0,
+                true,
+            ),
+            false => (
+                &self.history[fed..fed + rows],
+                fed + rows == self.history.len(),
+                false,
+            ),
         };
+        self.feeding = rows;
         Some(Segment {
-            cache,
+            table: table.blocks(),
+            start: fed,
             tokens,
             logits,
+            prompt: is_prompt,
         })
+    }
+
+    /// Gives up its blocks to let older sequences grow; it continues, computing its keys and
+    /// values again, once readmitted with [`Sequence::resume`].
+    pub fn preempt(&mut self) -> Option<BlockTable> {
+        self.fed = 0;
+        self.table.take()
+    }
+
+    /// Makes the prompt blocks it has computed findable by later prompts.
+    pub fn cache_prompt(&mut self, kv: &mut KvManager) {
+        if let Some(table) = self.table.as_mut() {
+            kv.cache_prompt(table, &self.job.prompt, self.fed);
+        }
+    }
+
+    /// Continues a preempted sequence in `admission`'s blocks.
+    pub fn resume(&mut self, admission: Admission) {
+        self.fed = admission.cached;
+        self.table = Some(admission.table);
     }
 
     /// Ends the sequence at a cancelled caller's request; true if it did.
@@ -159,9 +198,10 @@ impl<'t> Sequence<'t> {
         true
     }
 
-    /// Takes the result of a step that fed this sequence a prompt chunk (`logits` is `None`
-    /// until the last one) or its last token.
+    /// Takes the result of the step that fed this sequence: `logits` are `None` until the
+    /// prompt's last chunk, and for tokens fed again.
     pub fn accept(&mut self, logits: Option<&Tensor>, stop_ids: &HashSet<u32>) {
+        self.fed += std::mem::take(&mut self.feeding);
         let Some(logits) = logits else {
             return;
         };
@@ -224,7 +264,7 @@ impl<'t> Sequence<'t> {
         let _ = self.job.events.try_send(event);
     }
 
-    /// Sends the summary and frees the cache.
+    /// Sends the summary; the scheduler frees its blocks.
     pub fn finish(&mut self, reason: FinishReason, error: Option<String>) {
         if self.finished {
             return;
@@ -240,6 +280,7 @@ impl<'t> Sequence<'t> {
         let summary = Summary {
             finish_reason: reason,
             prompt_tokens: self.job.prompt.len(),
+            cached_tokens: self.cached_tokens,
             completion_tokens: self.generated,
             queue_time: self.admitted - self.job.enqueued,
             time_to_first_token: self
@@ -251,11 +292,15 @@ impl<'t> Sequence<'t> {
             decode_tokens_per_second: rate(self.generated.saturating_sub(1), decode_time),
             error,
         };
-        // The memory is free from the moment the caller can see the summary.
-        if let Some(cache) = self.cache.take() {
-            self.counters.kv_bytes.fetch_sub(cache.bytes(), Relaxed);
-        }
         self.counters.active.fetch_sub(1, Relaxed);
-        let _ = self.job.events.try_send(TokenEvent::Done(summary));
+        self.summary = Some(summary);
+    }
+
+    /// Ends the stream of a finished sequence whose blocks are freed: its memory is free from
+    /// the moment the caller can see the summary.
+    pub fn send_summary(mut self) {
+        if let Some(summary) = self.summary.take() {
+            let _ = self.job.events.try_send(TokenEvent::Done(summary));
+        }
     }
 }

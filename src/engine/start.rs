@@ -2,17 +2,18 @@
 
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use tokio::sync::mpsc;
 
 use super::chat::ChatTemplate;
 use super::device::{DTypeChoice, DeviceChoice, default_kv_cache_budget, describe};
+use super::kv::{KvManager, KvStore};
 use super::load::{gguf, safetensors};
 use super::resolve::{ModelFiles, ResolvedModel};
 use super::scheduler::Limits;
 use super::worker::{self, FaultInjection, WorkerSetup};
 use super::{Engine, ModelInfo};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How models are loaded and served.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -26,9 +27,38 @@ pub struct LoadOptions {
     /// Prompt tokens one step takes besides its decode rows (and the prompt chunk size);
     /// `None`: 512 on the CPU, 2048 on a GPU.
     pub max_batch_tokens: Option<usize>,
-    /// Bytes all running sequences' KV caches may hold; `None`: a share of the device's free
-    /// memory once the weights are loaded.
+    /// Bytes of the KV block pool; `None`: a share of the device's free memory once the weights
+    /// are loaded.
     pub kv_cache_memory: Option<usize>,
+    /// Positions per KV block.
+    pub kv_block_size: usize,
+    /// What the KV blocks hold.
+    pub kv_cache_dtype: KvDTypeChoice,
+    /// Whether prompts share the blocks of a prefix computed before.
+    pub prefix_cache: bool,
+}
+
+/// `--kv-cache-dtype`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum KvDTypeChoice {
+    /// f16 on the CPU (half the bytes of f32 for attention to read), the model's dtype on a GPU.
+    #[default]
+    Auto,
+    F16,
+    Bf16,
+    F32,
+}
+
+impl KvDTypeChoice {
+    fn resolve(self, device: &Device, model: DType) -> DType {
+        match self {
+            Self::Auto if device.is_cpu() => DType::F16,
+            Self::Auto => model,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+            Self::F32 => DType::F32,
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -40,6 +70,9 @@ impl Default for LoadOptions {
             queue_limit: 32,
             max_batch_tokens: None,
             kv_cache_memory: None,
+            kv_block_size: 16,
+            kv_cache_dtype: KvDTypeChoice::Auto,
+            prefix_cache: true,
         }
     }
 }
@@ -100,11 +133,26 @@ pub(crate) fn start_engine(
             .max_batch_tokens
             .unwrap_or(if device.is_cpu() { 512 } else { 2048 })
             .max(1),
-        kv_cache_bytes: options
-            .kv_cache_memory
-            .unwrap_or_else(|| default_kv_cache_budget(&device)),
+        replay_rows: loaded.model.replay_rows(),
     };
-    let kv_bytes_per_position = loaded.model.cache_bytes(1);
+    let kv_budget = options
+        .kv_cache_memory
+        .unwrap_or_else(|| default_kv_cache_budget(&device));
+    let dtype = options
+        .kv_cache_dtype
+        .resolve(&device, loaded.model.dtype());
+    let kv_shape = loaded.model.kv_shape(options.kv_block_size.max(1), dtype);
+    let kv_blocks = kv_shape.blocks_in(kv_budget);
+    if kv_blocks == 0 {
+        return Err(Error::InvalidRequest(format!(
+            "--kv-cache-memory {kv_budget} bytes holds no KV block of {} bytes \
+             (--kv-block-size {} positions); raise it",
+            kv_shape.bytes_per_block(),
+            kv_shape.block_size
+        )));
+    }
+    let store = KvStore::new(kv_shape, kv_blocks, &device)?;
+    let kv = KvManager::new(kv_shape, kv_blocks, options.prefix_cache);
     let tokenizer = Arc::new(loaded.tokenizer);
     // One more than the queue limit: the engine may hold the oldest request outside it.
     let (jobs, queue) = mpsc::channel(options.queue_limit.max(1) + 1);
@@ -114,12 +162,14 @@ pub(crate) fn start_engine(
         WorkerSetup {
             name: model.name.clone(),
             model: loaded.model,
+            store,
             tokenizer: tokenizer.clone(),
             stop_ids,
             limits,
             counters: counters.clone(),
             faults: faults.clone(),
         },
+        kv,
         queue,
     )?;
     tracing::info!(
@@ -130,7 +180,11 @@ pub(crate) fn start_engine(
         context = info.context_length,
         max_active = limits.max_active,
         max_batch_tokens = limits.max_batch_tokens,
-        kv_cache_mib = limits.kv_cache_bytes >> 20,
+        kv_cache_mib = (kv_blocks * kv_shape.bytes_per_block()) >> 20,
+        kv_blocks,
+        kv_block_size = kv_shape.block_size,
+        kv_dtype = ?kv_shape.dtype,
+        prefix_cache = options.prefix_cache,
         seconds = started.elapsed().as_secs_f32(),
         "model loaded"
     );
@@ -141,8 +195,8 @@ pub(crate) fn start_engine(
         jobs,
         queue_limit: options.queue_limit.max(1),
         counters,
-        kv_bytes_per_position,
-        kv_cache_budget: limits.kv_cache_bytes,
+        kv_shape,
+        kv_blocks,
         faults,
     })
 }

@@ -52,6 +52,9 @@ pub struct Token {
 pub struct Summary {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of being computed.
+    #[serde(default)]
+    pub cached_tokens: usize,
     /// Tokens sampled, including a final end-of-sequence token.
     pub completion_tokens: usize,
     /// From the request reaching the engine to its admission: time spent waiting for a slot.
@@ -182,6 +185,7 @@ impl Summary {
         Summary {
             finish_reason: FinishReason::Error,
             prompt_tokens: 0,
+            cached_tokens: 0,
             completion_tokens: 0,
             queue_time: Duration::ZERO,
             time_to_first_token: Duration::ZERO,

@@ -16,6 +16,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::Counters;
+use super::kv::{KvManager, KvStore};
 use super::model::{Segment, Transformer};
 use super::scheduler::{Limits, Scheduler};
 use super::sequence::{Job, Sequence};
@@ -24,8 +25,10 @@ use super::stream::FinishReason;
 /// What the loop needs besides the queue.
 pub(crate) struct WorkerSetup {
     pub name: String,
-    /// The weights, shared by every sequence; each brings its own cache.
+    /// The weights, shared by every sequence.
     pub model: Arc<Transformer>,
+    /// Every sequence's keys and values, in the blocks the scheduler's `KvManager` hands out.
+    pub store: KvStore,
     pub tokenizer: Arc<Tokenizer>,
     pub stop_ids: HashSet<u32>,
     pub limits: Limits,
@@ -58,19 +61,23 @@ impl FaultInjection {
     }
 }
 
-pub(crate) fn spawn(setup: WorkerSetup, jobs: mpsc::Receiver<Job>) -> std::io::Result<()> {
+pub(crate) fn spawn(
+    setup: WorkerSetup,
+    kv: KvManager,
+    jobs: mpsc::Receiver<Job>,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name(format!("wick-engine-{}", setup.name))
-        .spawn(move || run(setup, jobs))
+        .spawn(move || run(setup, kv, jobs))
         .map(|_| ())
 }
 
-fn run(setup: WorkerSetup, jobs: mpsc::Receiver<Job>) {
+fn run(setup: WorkerSetup, kv: KvManager, jobs: mpsc::Receiver<Job>) {
     let mut scheduler = Scheduler::new(
         setup.name.clone(),
         setup.limits,
         jobs,
-        setup.model.clone(),
+        kv,
         &setup.tokenizer,
         setup.counters.clone(),
     );
@@ -100,6 +107,7 @@ fn run(setup: WorkerSetup, jobs: mpsc::Receiver<Job>) {
                 .into_iter()
                 .for_each(|seq| fail(&setup, seq, error.clone())),
         }
+        scheduler.update();
     }
     tracing::debug!(model = %setup.name, "engine stopped");
 }
@@ -113,7 +121,7 @@ fn forward(
 ) -> Result<Vec<Option<Tensor>>, String> {
     let scheduled = step.len();
     let pass = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut segments: Vec<Segment<'_>> = step
+        let segments: Vec<Segment<'_>> = step
             .iter_mut()
             .filter_map(|seq| seq.segment(chunk))
             .collect();
@@ -125,7 +133,7 @@ fn forward(
         setup.counters.steps.fetch_add(1, Relaxed);
         let logits = setup
             .model
-            .forward(&mut segments)
+            .forward(&setup.store, &segments)
             .and_then(|l| Ok(l.to_device(&Device::Cpu)?))
             .map_err(|e| format!("forward pass failed: {e}"))?;
         let mut row = 0;

@@ -32,12 +32,18 @@ fn build(
 ) -> std::result::Result<Transformer, String> {
     let model = Transformer::load(config, source, device).map_err(|e| e.to_string())?;
     let check = || -> Result<()> {
-        let mut cache = model.new_cache(1)?;
-        model.forward(&mut [Segment {
-            cache: &mut cache,
-            tokens: &[0],
-            logits: true,
-        }])?;
+        let shape = model.kv_shape(1, model.dtype());
+        let store = crate::engine::kv::KvStore::new(shape, 1, device)?;
+        model.forward(
+            &store,
+            &[Segment {
+                table: &[0],
+                start: 0,
+                tokens: &[0],
+                logits: true,
+                prompt: true,
+            }],
+        )?;
         Ok(())
     };
     check().map_err(|e| format!("the weights do not fit the config: {e}"))?;

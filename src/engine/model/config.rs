@@ -158,11 +158,6 @@ impl Config {
             .collect();
     }
 
-    /// Bytes of keys and values one position takes in every layer, at `dtype_size` bytes each.
-    pub fn kv_bytes_per_position(&self, dtype_size: usize) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * dtype_size
-    }
-
     /// The shape a GGUF file declares; the error says which key is missing or what is wrong.
     pub fn from_gguf(meta: Metadata<'_>) -> Result<Self, String> {
         let architecture = meta.string("general.architecture").unwrap_or_default();

@@ -16,16 +16,18 @@
 //! those kernels round the activations in blocks of 256 rather than 32: SmolLM2's greedy text then
 //! parted from the same weights in f32 within eight tokens, so wick keeps the finer kernel.
 //!
-//! # Batch invariance
+//! # Batch and chunk invariance
 //! A forward pass carries the rows of many sequences, and a sequence's tokens must not depend on
-//! its neighbours. candle's kernels give a row the same bits whatever other rows share the call,
-//! except where the kernel itself changes with the number of rows: the GEMM above (and candle's
-//! AMX tiles for Q4_K) from 32 rows, candle's one-row Q6_K kernel, and the dense GEMM, whose blocking
-//! follows the row count. So on the CPU a segment of [`GEMM_ROWS`] or more rows (a prompt chunk)
-//! is multiplied alone; shorter segments (decode rows) share calls of fewer than [`GEMM_ROWS`]
-//! rows; a lone row on a Q6_K fast matrix is padded to two; dense weights go one segment at a
-//! time. On a GPU every row shares one call: cuBLAS picks its algorithm by shape, so there a
-//! near-tie may break differently in a different batch.
+//! its neighbours, nor on how its prompt was cut into chunks (a prompt whose prefix comes from the
+//! cache computes only its tail). candle's kernels give a row the same bits whatever other rows
+//! share the call, except where the kernel itself changes with the number of rows: the GEMM above
+//! (and candle's AMX tiles for Q4_K) from 32 rows, candle's one-row Q6_K kernel, and the dense
+//! GEMM, whose blocking follows the shape. So on the CPU each prompt chunk ([`Span::prompt`]) is
+//! multiplied alone, padded with zero rows to at least [`PROMPT_ROWS`], and always on the long-chunk path (the
+//! dequantized GEMM where candle has no fast kernel, Q8_0 included); decode rows share calls of
+//! fewer than [`GEMM_ROWS`] rows on the decode kernels; a lone row on a Q6_K fast matrix is padded
+//! to two; dense weights go one segment at a time. On a GPU every row shares one call: cuBLAS
+//! picks its algorithm by shape, so there a near-tie may break differently in a different batch.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -45,8 +47,32 @@ const GEMM_ROWS: usize = 32;
 /// dequantizing for a GEMM up to about 256 rows: `cargo bench --bench kernels`).
 const Q8_0_GEMM_ROWS: usize = 256;
 
+/// Prompt chunks are padded to at least this many rows: candle's GEMM (the `gemm` crate) blocks
+/// products of at most 64 by 64 another way, so a shorter chunk's rows would get other bits than
+/// the same rows in a long chunk. From 65 rows up a row's bits do not depend on the row count
+/// (`tests::a_row_gets_the_same_bits_in_any_chunk`).
+const PROMPT_ROWS: usize = 65;
+
 /// The inner-dimension multiple candle's fast x86 kernels need.
 const FAST_K: usize = 256;
+
+/// One segment's rows of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub rows: usize,
+    /// A prompt chunk, which takes the prompt kernels at any length (see the module docs);
+    /// otherwise decode rows (a sequence's next token, or tokens it generated, fed again).
+    pub prompt: bool,
+}
+
+impl Span {
+    pub fn decode(rows: usize) -> Self {
+        Self {
+            rows,
+            prompt: false,
+        }
+    }
+}
 
 pub(crate) struct Linear {
     matmul: QMatMul,
@@ -115,6 +141,11 @@ impl Linear {
         self.own.is_some() || !matches!(self.matmul, QMatMul::QTensor(_))
     }
 
+    /// Whether the weights are dense (the GEMM takes a lone row another way than several).
+    pub fn is_dense(&self) -> bool {
+        matches!(self.matmul, QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+    }
+
     /// Runs wick's kernels on candle's threads, for a model whose other matrices take candle's
     /// kernels.
     pub fn share_candles_threads(&mut self) {
@@ -139,9 +170,9 @@ impl Linear {
         }
     }
 
-    /// `x` is `(rows, in)`, the rows of segments of `lens` rows each; the result `(rows, out)`.
-    pub fn forward(&self, x: &Tensor, lens: &[usize]) -> Result<Tensor> {
-        let [y] = Self::forward_many([self], x, lens)?;
+    /// `x` is `(rows, in)`, the rows of `spans` in order; the result `(rows, out)`.
+    pub fn forward(&self, x: &Tensor, spans: &[Span]) -> Result<Tensor> {
+        let [y] = Self::forward_many([self], x, spans)?;
         Ok(y)
     }
 
@@ -151,21 +182,29 @@ impl Linear {
     pub fn forward_many<const N: usize>(
         linears: [&Linear; N],
         x: &Tensor,
-        lens: &[usize],
+        spans: &[Span],
     ) -> Result<[Tensor; N]> {
         let mut parts: [Vec<Tensor>; N] = std::array::from_fn(|_| Vec::new());
         // Dequantized weights, made at most once per pass for the GEMM path.
         let mut dense: [Option<Tensor>; N] = std::array::from_fn(|_| None);
-        let calls = linears[0].calls(lens);
-        for range in &calls {
+        let calls = linears[0].calls(spans);
+        for &(ref range, prompt) in &calls {
             let x = match calls.len() {
                 1 => x.clone(),
                 _ => x.narrow(0, range.start, range.len())?,
             };
-            let pad = range.len() == 1 && linears.iter().any(|l| l.pad_single);
-            let input = match pad {
-                true => Tensor::cat(&[&x, &x.zeros_like()?], 0)?,
-                false => x,
+            let rows = range.len();
+            let padded = match prompt && linears[0].per_segment {
+                true => rows.max(PROMPT_ROWS),
+                false if rows == 1 && linears.iter().any(|l| l.pad_single) => 2,
+                false => rows,
+            };
+            let input = match padded - rows {
+                0 => x,
+                pad => Tensor::cat(
+                    &[&x, &Tensor::zeros((pad, x.dim(1)?), x.dtype(), x.device())?],
+                    0,
+                )?,
             };
             let fused = match Self::own_rows(&linears, &input)? {
                 Some(outputs) => Some(outputs),
@@ -174,7 +213,7 @@ impl Linear {
             };
             let outputs = match fused {
                 Some(outputs) => outputs,
-                None => match Self::q8_0_rows(&linears, &input)? {
+                None => match Self::q8_0_rows(&linears, &input, prompt)? {
                     Some(outputs) => outputs,
                     // One call each (wick's kernels still take those they can).
                     None => linears
@@ -182,13 +221,16 @@ impl Linear {
                         .zip(dense.iter_mut())
                         .map(|(l, dense)| match Self::own_rows(&[l], &input)? {
                             Some(mut y) => Ok(y.remove(0)),
-                            None => l.call(&input, dense),
+                            None => l.call(&input, dense, prompt),
                         })
                         .collect::<Result<_>>()?,
                 },
             };
             for (part, y) in parts.iter_mut().zip(outputs) {
-                part.push(if pad { y.narrow(0, 0, 1)? } else { y });
+                part.push(match padded == rows {
+                    true => y,
+                    false => y.narrow(0, 0, rows)?,
+                });
             }
         }
         let outputs = parts
@@ -204,41 +246,43 @@ impl Linear {
         })
     }
 
-    /// The row ranges that go through one kernel call each (see the module docs).
-    fn calls(&self, lens: &[usize]) -> Vec<Range<usize>> {
-        let total: usize = lens.iter().sum();
-        if !self.per_segment || lens.len() <= 1 {
-            return std::iter::once(0..total).collect();
+    /// The row ranges that go through one kernel call each, and whether each is a prompt chunk
+    /// (see the module docs).
+    fn calls(&self, spans: &[Span]) -> Vec<(Range<usize>, bool)> {
+        let total: usize = spans.iter().map(|s| s.rows).sum();
+        if !self.per_segment {
+            return vec![(0..total, false)];
         }
-        let dense = matches!(self.matmul, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
-        let mut calls: Vec<Range<usize>> = Vec::new();
+        let dense = self.is_dense();
+        let mut calls = Vec::new();
         let mut shared: Option<Range<usize>> = None;
         let mut start = 0;
-        for &len in lens {
-            let range = start..start + len;
-            start += len;
-            if dense || len >= GEMM_ROWS {
-                calls.extend(shared.take());
-                calls.push(range);
+        for span in spans {
+            let range = start..start + span.rows;
+            start += span.rows;
+            if dense || span.prompt || span.rows >= GEMM_ROWS {
+                calls.extend(shared.take().map(|run| (run, false)));
+                calls.push((range, span.prompt));
                 continue;
             }
             match &mut shared {
-                Some(run) if run.len() + len < GEMM_ROWS => run.end = range.end,
+                Some(run) if run.len() + span.rows < GEMM_ROWS => run.end = range.end,
                 _ => {
-                    calls.extend(shared.take());
+                    calls.extend(shared.take().map(|run| (run, false)));
                     shared = Some(range);
                 }
             }
         }
-        calls.extend(shared);
+        calls.extend(shared.map(|run| (run, false)));
         calls
     }
 
     /// One kernel call over `x`, `(rows, in)`; `dense` keeps the dequantized weights of the
-    /// GEMM path for the pass's next call.
-    fn call(&self, x: &Tensor, dense: &mut Option<Tensor>) -> Result<Tensor> {
+    /// GEMM path for the pass's next call. A prompt chunk takes the GEMM path at any length.
+    fn call(&self, x: &Tensor, dense: &mut Option<Tensor>, prompt: bool) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         let gemm_rows = match self.q8_0 {
+            _ if prompt => GEMM_ROWS,
             Some(_) => Q8_0_GEMM_ROWS,
             None => GEMM_ROWS,
         };
@@ -255,12 +299,13 @@ impl Linear {
         self.add_bias(y)
     }
 
-    /// wick's Q8_0 tiles over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] rows when every
-    /// projection has them (a lone row takes the decode-row kernels, which give the same bits).
-    fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    /// wick's Q8_0 tiles over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] decode rows when
+    /// every projection has them (a lone row takes the decode-row kernels, which give the same
+    /// bits).
+    fn q8_0_rows(linears: &[&Linear], x: &Tensor, prompt: bool) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();
-        match weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) {
+        match weights.filter(|_| !prompt && (2..Q8_0_GEMM_ROWS).contains(&rows)) {
             Some(weights) => Self::own_kernel(linears, x, |x| {
                 q8_0::matmul(&weights, x, rows, linears[0].threads)
             }),
@@ -386,7 +431,7 @@ mod tests {
                 .matmul(&q.dequantize(&device).unwrap().t().unwrap())
                 .unwrap();
             let linear = Linear::quantized(q, None, &device).unwrap();
-            let y = linear.forward(&x, &[3]).unwrap();
+            let y = linear.forward(&x, &[Span::decode(3)]).unwrap();
             assert_eq!(y.dims(), &[3, n]);
             // The kernels round the activations to 8 bits: close to the f32 product.
             let error = largest((&y - &exact).unwrap()).unwrap();
@@ -395,7 +440,7 @@ mod tests {
                 error < 0.02 * scale,
                 "{dtype:?}: error {error} at scale {scale}"
             );
-            let [a, b] = Linear::forward_many([&linear, &linear], &x, &[3]).unwrap();
+            let [a, b] = Linear::forward_many([&linear, &linear], &x, &[Span::decode(3)]).unwrap();
             let diff = largest((&a - &y).unwrap()).unwrap();
             assert!(
                 diff <= 1e-5 * scale,
@@ -409,11 +454,7 @@ mod tests {
         }
     }
 
-    /// A segment's rows come out bit for bit the same whatever segments share the pass: alone,
-    /// beside many decode rows, beside a prompt chunk long enough to take the GEMM path.
-    #[test]
-    fn a_segment_gets_the_same_bits_in_any_batch() {
-        let device = Device::Cpu;
+    fn test_linears(device: &Device) -> Vec<(String, usize, Linear)> {
         let cases: Vec<(usize, usize, Option<GgmlDType>)> = vec![
             (64, 512, Some(GgmlDType::Q8_0)),
             (64, 512, Some(GgmlDType::Q4K)),
@@ -422,34 +463,90 @@ mod tests {
             (64, 576, Some(GgmlDType::Q4_0)),
             (96, 576, None),
         ];
-        // (segment lengths, the segment to compare): decode rows, short and long chunks.
-        let batches: [&[usize]; 5] = [&[1; 40], &[1, 1, 40], &[40, 1, 1], &[3, 1, 1, 5], &[1, 33]];
-        for (n, k, dtype) in cases {
-            let w = Tensor::randn(0f32, 0.02, (n, k), &device).unwrap();
-            let linear = match dtype {
-                Some(dtype) => {
-                    Linear::quantized(QTensor::quantize(&w, dtype).unwrap(), None, &device).unwrap()
-                }
-                None => Linear::dense(w, None),
-            };
+        cases
+            .into_iter()
+            .map(|(n, k, dtype)| {
+                let w = Tensor::randn(0f32, 0.02, (n, k), device).unwrap();
+                let linear = match dtype {
+                    Some(dtype) => {
+                        Linear::quantized(QTensor::quantize(&w, dtype).unwrap(), None, device)
+                            .unwrap()
+                    }
+                    None => Linear::dense(w, None),
+                };
+                (format!("{dtype:?} {n}x{k}"), k, linear)
+            })
+            .collect()
+    }
+
+    /// A segment's rows come out bit for bit the same whatever segments share the pass: alone,
+    /// beside many decode rows, beside a prompt chunk.
+    #[test]
+    fn a_segment_gets_the_same_bits_in_any_batch() {
+        let device = Device::Cpu;
+        let (d, p) = (Span::decode, |rows| Span { rows, prompt: true });
+        let batches: [Vec<Span>; 5] = [
+            vec![d(1); 40],
+            vec![d(1), d(1), p(40)],
+            vec![p(40), d(1), d(1)],
+            vec![p(3), d(1), d(1), d(5)],
+            vec![d(1), p(33)],
+        ];
+        for (name, k, linear) in test_linears(&device) {
             let x = Tensor::randn(0f32, 1.0, (80, k), &device).unwrap();
-            for lens in batches {
-                let total: usize = lens.iter().sum();
+            for spans in &batches {
+                let total: usize = spans.iter().map(|s| s.rows).sum();
                 let batched = linear
-                    .forward(&x.narrow(0, 0, total).unwrap(), lens)
+                    .forward(&x.narrow(0, 0, total).unwrap(), spans)
                     .unwrap();
                 let mut start = 0;
-                for &len in lens {
-                    let rows = x.narrow(0, start, len).unwrap();
-                    let alone = linear.forward(&rows, &[len]).unwrap();
-                    let together = batched.narrow(0, start, len).unwrap();
+                for &span in spans {
+                    let rows = x.narrow(0, start, span.rows).unwrap();
+                    let alone = linear.forward(&rows, &[span]).unwrap();
+                    let together = batched.narrow(0, start, span.rows).unwrap();
                     assert_eq!(
                         alone.to_vec2::<f32>().unwrap(),
                         together.to_vec2::<f32>().unwrap(),
-                        "{dtype:?} {n}x{k}: segment of {len} at row {start} in {lens:?}"
+                        "{name}: {span:?} at row {start} in {spans:?}"
                     );
-                    start += len;
+                    start += span.rows;
                 }
+            }
+        }
+    }
+
+    /// A prompt row gets the same bits whatever chunk it is computed in: a prompt whose prefix
+    /// came from the cache computes its tail as a shorter chunk, or a single row. Several decode
+    /// rows of one sequence (tokens fed again after a preemption) equal one row at a time on
+    /// quantized weights.
+    #[test]
+    fn a_row_gets_the_same_bits_in_any_chunk() {
+        let device = Device::Cpu;
+        for (name, k, linear) in test_linears(&device) {
+            let x = Tensor::randn(0f32, 1.0, (300, k), &device).unwrap();
+            let prompt = |start: usize, rows: usize| {
+                let span = Span { rows, prompt: true };
+                let y = linear.forward(&x.narrow(0, start, rows).unwrap(), &[span]);
+                y.unwrap().to_vec2::<f32>().unwrap()
+            };
+            let whole = prompt(0, 300);
+            for (start, rows) in [(0, 1), (17, 5), (40, 33), (256, 44)] {
+                assert_eq!(
+                    prompt(start, rows),
+                    whole[start..start + rows],
+                    "{name}: {rows} at {start}"
+                );
+            }
+            let decode = |start: usize, rows: usize| {
+                let y = linear.forward(&x.narrow(0, start, rows).unwrap(), &[Span::decode(rows)]);
+                y.unwrap().to_vec2::<f32>().unwrap()
+            };
+            if linear.is_dense() {
+                continue;
+            }
+            let several = decode(10, 16);
+            for (i, row) in several.iter().enumerate() {
+                assert_eq!(&decode(10 + i, 1)[0], row, "{name}: decode row {i}");
             }
         }
     }

@@ -4,7 +4,6 @@ mod attention;
 pub(crate) mod config;
 mod embedding;
 pub(crate) mod kernels;
-mod kv;
 mod linear;
 mod rope;
 mod transformer;
@@ -12,7 +11,6 @@ pub(crate) mod weights;
 
 pub(crate) use config::{Config, Family};
 pub(crate) use embedding::Embedding;
-pub(crate) use kv::KvCache;
 pub(crate) use linear::Linear;
 pub(crate) use transformer::{Segment, Transformer};
 pub(crate) use weights::{WeightSource, hf_name};

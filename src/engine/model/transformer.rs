@@ -1,28 +1,33 @@
 //! One decoder-only transformer for every family and weight format wick runs.
 //!
-//! The weights are immutable and shared; each sequence brings its own [`KvCache`]. A forward
-//! pass takes a batch of [`Segment`]s — a sequence's cache and the tokens that continue it — and
-//! runs the embeddings, projections and MLP once over the rows of all segments; attention runs
-//! per segment against its own cache. Logits are computed only for the segments that ask.
+//! The weights are immutable and shared; keys and values live in the engine's block pool
+//! ([`KvStore`]). A forward pass takes a batch of [`Segment`]s — a sequence's block table and the
+//! tokens that continue it — and runs the embeddings, projections and MLP once over the rows of
+//! all segments; attention reads each segment's keys and values through its block table. Logits
+//! are computed only for the segments that ask.
 
 use candle_core::{D, DType, Device, Tensor};
 
-use super::attention::decode_attention;
+use super::attention::{self, Heads, QueryRows, paged_attention};
 use super::config::{Activation, Config, RopeScaling};
 use super::embedding::Embedding;
-use super::kv::KvCache;
-use super::linear::Linear;
+use super::linear::{Linear, Span};
 use super::rope::Rope;
 use super::weights::WeightSource;
+use crate::engine::kv::{BlockId, KvShape, KvStore};
 use crate::error::{Error, Result};
 
 /// One sequence's share of a forward pass.
 pub(crate) struct Segment<'a> {
-    pub cache: &'a mut KvCache,
-    /// The tokens that follow what `cache` holds.
+    /// The blocks of the sequence's positions, with room for `tokens`.
+    pub table: &'a [BlockId],
+    /// Positions already in the cache; `tokens` continue from here.
+    pub start: usize,
     pub tokens: &'a [u32],
     /// Whether to return the logits of the last token.
     pub logits: bool,
+    /// A prompt chunk rather than decode rows (see `linear::Span`).
+    pub prompt: bool,
 }
 
 enum Qkv {
@@ -213,25 +218,47 @@ impl Transformer {
         visit(&mut self.output);
     }
 
-    /// The bytes of a cache with room for `positions`.
-    pub fn cache_bytes(&self, positions: usize) -> usize {
-        KvCache::bytes_for(&self.config, positions, self.dtype)
+    /// The shape of this model's KV blocks.
+    pub fn kv_shape(&self, block_size: usize, dtype: DType) -> KvShape {
+        KvShape {
+            layers: self.config.layers,
+            kv_heads: self.config.kv_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+            dtype,
+        }
     }
 
-    /// An empty cache with room for `capacity` positions.
-    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        KvCache::new(&self.config, capacity, self.dtype, &self.device)
+    /// Decode rows of one sequence a step may feed at once with the bits each gets alone: one
+    /// where a projection is dense (the GEMM takes a lone row another way than several), else
+    /// 16, well inside the calls of fewer than 32 rows that keep the decode kernels.
+    pub fn replay_rows(&self) -> usize {
+        let mut dense = false;
+        self.each_linear(|linear| dense |= linear.is_dense());
+        if dense { 1 } else { 16 }
     }
 
-    /// Runs every segment's tokens and returns, in order, the f32 logits `(vocab,)` of the last
-    /// token of each segment that asked for them, as rows of one `(n, vocab)` tensor.
-    pub fn forward(&self, segments: &mut [Segment<'_>]) -> Result<Tensor> {
+    /// The dtype of the activations (and of the keys and values the layers compute).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Runs every segment's tokens, writing their keys and values into `kv`, and returns, in
+    /// order, the f32 logits `(vocab,)` of the last token of each segment that asked for them, as
+    /// rows of one `(n, vocab)` tensor.
+    pub fn forward(&self, kv: &KvStore, segments: &[Segment<'_>]) -> Result<Tensor> {
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut logit_rows = Vec::new();
-        for segment in segments.iter() {
-            let start = segment.cache.len();
+        for segment in segments {
+            let start = segment.start;
             let end = start + segment.tokens.len();
+            if kv.shape().blocks_for(end) > segment.table.len() {
+                return Err(Error::InvalidRequest(format!(
+                    "position {end} is past the {} blocks the sequence holds",
+                    segment.table.len()
+                )));
+            }
             if segment.tokens.is_empty() {
                 return Err(Error::InvalidRequest("a segment has no tokens".into()));
             }
@@ -247,7 +274,13 @@ impl Transformer {
                 logit_rows.push(ids.len() as u32 - 1);
             }
         }
-        let lens: Vec<usize> = segments.iter().map(|s| s.tokens.len()).collect();
+        let spans: Vec<Span> = segments
+            .iter()
+            .map(|s| Span {
+                rows: s.tokens.len(),
+                prompt: s.prompt,
+            })
+            .collect();
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
         let global = self.rope.tables(&positions)?;
         let local = match self.config.sliding_window {
@@ -265,21 +298,18 @@ impl Transformer {
                 _ => (&self.rope, &global),
             };
             let h = self.rms_norm(&x, &layer.attn_norm)?;
-            let h = self.attention(i, layer, &h, &lens, segments, rope, tables)?;
+            let h = self.attention(kv, i, layer, &h, &spans, segments, rope, tables)?;
             let h = match &layer.post_attn_norm {
                 Some(norm) => self.rms_norm(&h, norm)?,
                 None => h,
             };
             x = (x + h)?;
-            let h = self.mlp(layer, &self.rms_norm(&x, &layer.ffn_norm)?, &lens)?;
+            let h = self.mlp(layer, &self.rms_norm(&x, &layer.ffn_norm)?, &spans)?;
             let h = match &layer.post_ffn_norm {
                 Some(norm) => self.rms_norm(&h, norm)?,
                 None => h,
             };
             x = (x + h)?;
-        }
-        for segment in segments.iter_mut() {
-            segment.cache.advance(segment.tokens.len());
         }
         if logit_rows.is_empty() {
             return Ok(Tensor::zeros((0, 0), DType::F32, &self.device)?);
@@ -287,8 +317,8 @@ impl Transformer {
         let last = Tensor::new(logit_rows.as_slice(), &self.device)?;
         let last = self.rms_norm(&x.index_select(&last, 0)?, &self.norm)?;
         // Each logit row is a segment of its own.
-        let lens = vec![1; logit_rows.len()];
-        Ok(self.output.forward(&last, &lens)?.to_dtype(DType::F32)?)
+        let spans = vec![Span::decode(1); logit_rows.len()];
+        Ok(self.output.forward(&last, &spans)?.to_dtype(DType::F32)?)
     }
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
@@ -299,14 +329,14 @@ impl Transformer {
         )?)
     }
 
-    fn mlp(&self, layer: &Layer, x: &Tensor, lens: &[usize]) -> Result<Tensor> {
+    fn mlp(&self, layer: &Layer, x: &Tensor, spans: &[Span]) -> Result<Tensor> {
         let (gate, up) = match &layer.gate_up {
             GateUp::Separate { gate, up } => {
-                let [gate, up] = Linear::forward_many([gate, up], x, lens)?;
+                let [gate, up] = Linear::forward_many([gate, up], x, spans)?;
                 (gate, up)
             }
             GateUp::Fused(gate_up) => {
-                let both = gate_up.forward(x, lens)?;
+                let both = gate_up.forward(x, spans)?;
                 let half = both.dim(D::Minus1)? / 2;
                 (
                     both.narrow(D::Minus1, 0, half)?,
@@ -318,18 +348,19 @@ impl Transformer {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
             Activation::GeluTanh => gate.gelu()?,
         };
-        layer.down.forward(&(gate * up)?, lens)
+        layer.down.forward(&(gate * up)?, spans)
     }
 
     /// Self-attention of layer `index` over `x`, `(rows, hidden)`: the rows of all segments.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        kv: &KvStore,
         index: usize,
         layer: &Layer,
         x: &Tensor,
-        lens: &[usize],
-        segments: &mut [Segment<'_>],
+        spans: &[Span],
+        segments: &[Segment<'_>],
         rope: &Rope,
         (cos, sin): &(Tensor, Tensor),
     ) -> Result<Tensor> {
@@ -339,14 +370,14 @@ impl Transformer {
             head_dim,
             ..
         } = self.config;
-        let rows: usize = lens.iter().sum();
+        let rows: usize = spans.iter().map(|s| s.rows).sum();
         let (q, k, v) = match &layer.qkv {
             Qkv::Separate { q, k, v } => {
-                let [q, k, v] = Linear::forward_many([q, k, v], x, lens)?;
+                let [q, k, v] = Linear::forward_many([q, k, v], x, spans)?;
                 (q, k, v)
             }
             Qkv::Fused(qkv) => {
-                let all = qkv.forward(x, lens)?;
+                let all = qkv.forward(x, spans)?;
                 let (nq, nk) = (heads * head_dim, kv_heads * head_dim);
                 (
                     all.narrow(1, 0, nq)?,
@@ -370,33 +401,66 @@ impl Transformer {
         let k = rope.apply(&k, cos, sin)?;
         let (q, k, v) = (q.squeeze(0)?, k.squeeze(0)?, v.squeeze(0)?);
 
-        let groups = heads / kv_heads;
-        let window = self.config.sliding_window.filter(|_| layer.sliding);
-        let mut outputs: Vec<Option<Tensor>> = vec![None; segments.len()];
-        // Decode rows on the CPU: (segment, query, keys, values), run together below.
-        let mut decode_rows = Vec::new();
+        // Every row's own key is in the cache before any row reads it.
         let mut offset = 0;
-        for (i, segment) in segments.iter_mut().enumerate() {
+        for segment in segments {
             let len = segment.tokens.len();
-            let start = segment.cache.len();
-            let (keys, values) = segment.cache.write(
-                index,
-                &k.narrow(1, offset, len)?,
-                &v.narrow(1, offset, len)?,
-            )?;
+            let (k, v) = (k.narrow(1, offset, len)?, v.narrow(1, offset, len)?);
+            kv.write(index, segment.table, segment.start, &k, &v)?;
+            offset += len;
+        }
+        let window = self.config.sliding_window.filter(|_| layer.sliding);
+        let (keys, values) = kv.layer(index);
+        let paged = self.device.is_cpu() && q.dtype() == DType::F32;
+        let y = match paged && attention::reads(keys.dtype()) {
+            true => {
+                let queries: Vec<QueryRows<'_>> = segments
+                    .iter()
+                    .map(|s| QueryRows {
+                        table: s.table,
+                        start: s.start,
+                        rows: s.tokens.len(),
+                    })
+                    .collect();
+                let shape = Heads {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    block_size: kv.shape().block_size,
+                    window,
+                };
+                paged_attention(&q, keys, values, &queries, shape)?
+            }
+            false => self.gathered_attention(kv, index, &q, segments, window)?,
+        };
+        layer.o.forward(&y, spans)
+    }
+
+    /// Attention through candle's matmuls over keys and values copied out of the pool, one
+    /// segment at a time (the GPU's path). `q` is `(heads, rows, head_dim)`; the result
+    /// `(rows, heads * head_dim)`.
+    fn gathered_attention(
+        &self,
+        kv: &KvStore,
+        index: usize,
+        q: &Tensor,
+        segments: &[Segment<'_>],
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let Config {
+            heads,
+            kv_heads,
+            head_dim,
+            ..
+        } = self.config;
+        let groups = heads / kv_heads;
+        let mut outputs = Vec::with_capacity(segments.len());
+        let mut offset = 0;
+        for segment in segments {
+            let (len, start) = (segment.tokens.len(), segment.start);
             // Keys no query of this segment may see (outside the window) are skipped.
             let first = window.map_or(0, |w| (start + 1).saturating_sub(w));
-            let keys = keys.narrow(1, first, start + len - first)?;
-            let values = values.narrow(1, first, start + len - first)?;
-            if len == 1 && self.device.is_cpu() && q.dtype() == DType::F32 {
-                let q = q
-                    .narrow(1, offset, 1)?
-                    .contiguous()?
-                    .reshape((heads, head_dim))?;
-                decode_rows.push((i, [q, keys, values]));
-                offset += 1;
-                continue;
-            }
+            let (keys, values) = kv.gather(index, segment.table, first, start + len, q.dtype())?;
             // Queries grouped under the key/value head they share: (kv_heads, groups * len, d).
             let q = q.narrow(1, offset, len)?.contiguous()?.reshape((
                 kv_heads,
@@ -414,23 +478,17 @@ impl Transformer {
             let weights = candle_nn::ops::softmax_last_dim(&scores)?;
             let y = weights.matmul(&values)?;
             // (kv_heads, groups * len, d) -> (len, heads * d)
-            let y = y
-                .reshape((heads, len, head_dim))?
-                .transpose(0, 1)?
-                .reshape((len, heads * head_dim))?;
-            outputs[i] = Some(y);
+            outputs.push(
+                y.reshape((heads, len, head_dim))?
+                    .transpose(0, 1)?
+                    .reshape((len, heads * head_dim))?,
+            );
             offset += len;
         }
-        let (indices, rows): (Vec<usize>, Vec<[Tensor; 3]>) = decode_rows.into_iter().unzip();
-        for (i, y) in indices.into_iter().zip(decode_attention(&rows)?) {
-            outputs[i] = Some(y.reshape((1, heads * head_dim))?);
-        }
-        let mut outputs: Vec<Tensor> = outputs.into_iter().flatten().collect();
-        let y = match outputs.len() {
+        Ok(match outputs.len() {
             1 => outputs.remove(0),
             _ => Tensor::cat(&outputs, 0)?,
-        };
-        layer.o.forward(&y, lens)
+        })
     }
 }
 
