@@ -189,33 +189,40 @@ fn endless(request: GenerateRequest, max_tokens: usize) -> GenerateRequest {
 }
 
 #[tokio::test]
-async fn requests_wait_for_kv_memory_and_one_that_never_fits_is_refused() {
-    // 2 (K and V) x 30 layers x 3 KV heads x 64 x 4 bytes per position; room for 300.
-    let per_position = 2 * 30 * 3 * 64 * 4;
+async fn requests_wait_for_kv_blocks_and_one_that_never_fits_is_refused() {
+    // 2 (K and V) x 30 layers x 3 KV heads x 64 x 2 bytes (f16) per position, 16 positions per
+    // block; room for 20 blocks, 320 positions.
+    let block = 2 * 30 * 3 * 64 * 2 * 16;
     let engine = small_engine(LoadOptions {
-        kv_cache_memory: Some(300 * per_position),
+        kv_cache_memory: Some(20 * block),
         queue_limit: 2,
         ..LoadOptions::default()
     })
     .await;
-    assert_eq!(engine.stats().kv_cache_budget, 300 * per_position);
-    // 5 + 200 positions, and 5 + 100: neither fits beside the first.
-    let tokens = |max_tokens| endless(GenerateRequest::new(Input::Tokens(vec![1; 5])), max_tokens);
-    let (alone, _, _) = run(&engine, tokens(100)).await;
-    let mut first = engine.generate(tokens(200)).unwrap();
-    assert!(matches!(first.next().await, Some(TokenEvent::Token(_))));
-    let waiting = engine.generate(tokens(100)).unwrap();
+    let stats = engine.stats();
+    assert_eq!((stats.kv_cache_budget, stats.kv_blocks_total), (20 * block, 20));
+    let tokens = |prompt: usize, max_tokens| {
+        endless(GenerateRequest::new(Input::Tokens(vec![1; prompt])), max_tokens)
+    };
+    // A 120-token prompt needs 8 blocks (its positions and one more).
+    let (alone, _, _) = run(&engine, tokens(120, 10)).await;
+    let mut first = engine.generate(tokens(5, 300)).unwrap();
+    // 200 tokens in, the first holds 13 blocks, and only grows: 7 are left.
+    for _ in 0..200 {
+        assert!(matches!(first.next().await, Some(TokenEvent::Token(_))));
+    }
+    let waiting = engine.generate(tokens(120, 10)).unwrap();
     // The queue (limit 2) is full with one more.
-    let queued = engine.generate(tokens(200)).unwrap();
+    let queued = engine.generate(tokens(120, 10)).unwrap();
     let busy = engine
-        .generate(tokens(200))
+        .generate(tokens(5, 10))
         .err()
         .expect("the queue is full");
     assert!(matches!(busy, Error::Busy { limit: 2, .. }), "{busy}");
     while engine.stats().queued != 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(engine.stats().active, 1, "the others wait for memory");
+    assert_eq!(engine.stats().active, 1, "the others wait for blocks");
 
     // One that can never fit is refused before it is queued, with the numbers.
     let never = engine
