@@ -348,7 +348,8 @@ fn exported_files_share_one_mode() {
 }
 
 /// `-t`: never more threads by default than the CPUs the process may use (here its affinity,
-/// one CPU); a warning where `-t` asks for more; 0 refused.
+/// one CPU); a warning where `-t` asks for more; 0 refused. (Its `bench --json` row also shows
+/// the KV cache's figures.)
 #[test]
 fn threads_follow_the_cpus_the_process_may_use() {
     let taskset = Command::new("taskset").arg("--version").output();
@@ -365,13 +366,25 @@ fn threads_follow_the_cpus_the_process_may_use() {
         let out = command.output().expect("taskset runs wick");
         assert!(out.status.success(), "{}", text(&out.stderr));
         let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
-        (rows[0]["n_threads"].as_u64(), text(&out.stderr))
+        (rows[0].clone(), text(&out.stderr))
     };
-    let (threads, stderr) = bench(&[]);
-    assert_eq!(threads, Some(1), "{stderr}");
+    let (row, stderr) = bench(&[]);
+    assert_eq!(row["n_threads"].as_u64(), Some(1), "{stderr}");
+    // The row says what the KV cache did: each run's prompt is new, so nothing came from the
+    // prefix cache.
+    for field in [
+        "kv_blocks_used",
+        "kv_blocks_cached",
+        "kv_blocks_free",
+        "prefix_cache_queries",
+        "preemptions",
+    ] {
+        assert!(row[field].is_u64(), "{field}: {row}");
+    }
+    assert_eq!(row["prefix_cache_hits"], 0, "{row}");
     assert!(!stderr.contains("warning: -t"), "{stderr}");
-    let (threads, stderr) = bench(&["-t", "3"]);
-    assert_eq!(threads, Some(3));
+    let (row, stderr) = bench(&["-t", "3"]);
+    assert_eq!(row["n_threads"].as_u64(), Some(3));
     assert!(
         stderr.contains("-t 3 is more threads than the 1 CPUs this process may use"),
         "{stderr}"

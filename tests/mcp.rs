@@ -191,6 +191,15 @@ async fn tools_list(era: Era) {
     ] {
         assert!(properties.contains_key(argument), "{argument}");
     }
+    let output = generate.output_schema.as_ref().expect("an output schema");
+    for field in ["prompt_tokens", "cached_tokens", "completion_tokens"] {
+        assert!(output["properties"][field].is_object(), "{field}");
+        let required = output["required"].as_array();
+        assert!(
+            required.is_some_and(|r| r.contains(&json!(field))),
+            "{field}"
+        );
+    }
     client.cancel().await.unwrap();
 }
 
@@ -219,6 +228,15 @@ async fn generate_streams_every_token(era: Era) {
     assert!(summary.text.contains("Paris"), "{}", summary.text);
     assert_eq!(summary.completion_tokens, 32);
     assert_eq!(summary.prompt_tokens, 5);
+    // The prompt tokens the prefix cache served are counted, in the content as the schema says.
+    let content = result
+        .structured_content
+        .as_ref()
+        .expect("structured content");
+    assert!(
+        content["cached_tokens"].as_u64().is_some_and(|c| c <= 5),
+        "{content}"
+    );
     client.cancel().await.unwrap();
 }
 

@@ -88,7 +88,20 @@ fn openai_sdk_chat_and_completions() {
         stream["finish"],
         serde_json::json!([choice["finish_reason"]])
     );
-    assert_eq!(stream["usage"], serde_json::json!([chat["usage"]]));
+    // The same counts, but for the prompt tokens the prefix cache served: the streamed chat
+    // repeats the whole one's prompt.
+    let usage = &chat["usage"];
+    assert_cached_tokens(usage);
+    let streamed_usage = &stream["usage"][0];
+    assert_cached_tokens(streamed_usage);
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(streamed_usage[field], usage[field], "{field}: {stream}");
+    }
+    assert_eq!(
+        stream["usage"].as_array().map(Vec::len),
+        Some(1),
+        "{stream}"
+    );
     assert_eq!(stream["usage_chunk_choices"], serde_json::json!([0]));
     assert_eq!(stream["ids"].as_array().unwrap().len(), 1, "{stream}");
     assert_eq!(
@@ -105,6 +118,7 @@ fn openai_sdk_chat_and_completions() {
     assert!(text.contains("Paris"), "{completion}");
     assert_eq!(joined(one(&seen, "COMPLETION_STREAM")), text);
     assert_eq!(completion["usage"]["completion_tokens"], 24, "{completion}");
+    assert_cached_tokens(&completion["usage"]);
 
     // `stop` ends the same greedy text just before the stop text.
     let stop = one(&seen, "STOP");
@@ -139,7 +153,32 @@ fn openai_sdk_chat_and_completions() {
         "{message}"
     );
     assert_refused(one(&seen, "REFUSED_MODEL"), 404, "model");
-    assert_eq!(server.stats()["active"], 0);
+    let stats = server.stats();
+    assert_eq!(stats["active"], 0);
+    // `/health` shows the KV blocks in each state and the prefix cache's counts.
+    for field in [
+        "kv_blocks_total",
+        "kv_blocks_used",
+        "kv_blocks_cached",
+        "kv_blocks_free",
+        "kv_block_size",
+        "prefix_cache_queries",
+        "prefix_cache_hits",
+        "preemptions",
+    ] {
+        assert!(stats[field].is_u64(), "{field}: {stats}");
+    }
+}
+
+/// `usage.prompt_tokens_details.cached_tokens`, OpenAI's count of prompt tokens served from its
+/// prompt cache, is there, and counts some of the prompt.
+fn assert_cached_tokens(usage: &Value) {
+    let cached = usage["prompt_tokens_details"]["cached_tokens"].as_u64();
+    let prompt = usage["prompt_tokens"].as_u64();
+    assert!(
+        cached.zip(prompt).is_some_and(|(c, p)| c <= p),
+        "cached_tokens: {usage}"
+    );
 }
 
 /// With `--model-path`, the model is listed under its path: that id, like every id listed and
@@ -256,6 +295,11 @@ fn metrics_count_what_ran() {
         ("wick:num_requests_waiting", "gauge"),
         ("wick:kv_cache_usage_bytes", "gauge"),
         ("wick:kv_cache_capacity_bytes", "gauge"),
+        ("wick:kv_cache_usage_perc", "gauge"),
+        ("wick:kv_cache_blocks", "gauge"),
+        ("wick:prefix_cache_queries", "counter"),
+        ("wick:prefix_cache_hits", "counter"),
+        ("wick:num_preemptions", "counter"),
         ("wick:requests", "counter"),
         ("wick:prompt_tokens", "counter"),
         ("wick:generation_tokens", "counter"),
@@ -302,6 +346,21 @@ fn metrics_count_what_ran() {
     assert_eq!(value("wick:num_requests_waiting", &[model]), 0.0);
     assert_eq!(value("wick:kv_cache_usage_bytes", &[model]), 0.0);
     assert!(value("wick:kv_cache_capacity_bytes", &[model]) > 0.0);
+    // Nothing is running: no block is used, and the prefix cache found at most what was asked.
+    assert_eq!(value("wick:kv_cache_usage_perc", &[model]), 0.0);
+    let used = [model, ("state", "used")];
+    assert_eq!(value("wick:kv_cache_blocks", &used), 0.0);
+    for state in ["cached", "free"] {
+        let exposed = samples
+            .iter()
+            .any(|s| s["name"] == "wick:kv_cache_blocks" && s["labels"]["state"] == state);
+        assert!(exposed, "no {state} blocks");
+    }
+    assert!(
+        value("wick:prefix_cache_hits_total", &[model])
+            <= value("wick:prefix_cache_queries_total", &[model])
+    );
+    assert_eq!(value("wick:num_preemptions_total", &[model]), 0.0);
 }
 
 /// With its one slot and one queue place taken, the server answers 429 with `Retry-After` in

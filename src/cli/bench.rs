@@ -10,8 +10,13 @@
 //! `--concurrency 1,8` runs that many generations at once instead (each a `-p`-token prompt,
 //! then `-n` tokens), timed as a client sees them: aggregate tokens/s (every stream's tokens over
 //! the wall time), tokens/s per stream, time to first token and inter-token latency (p50, p95).
+//!
+//! Every generation of a run gets a prompt of its own (one seed each), so that no test finds an
+//! earlier one's prompt in the prefix cache: each row reports the prefix-cache hits it saw (0 when
+//! the figures are what they say), preemptions, and the KV blocks at the busiest moment.
 
-use std::time::Instant;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::StreamExt;
@@ -21,8 +26,9 @@ use serde::Serialize;
 
 use super::{EngineArgs, ModelArgs};
 use crate::engine::{
-    Engine, GenerateRequest, Input, LoadOptions, SamplingParams, Summary, TokenEvent,
+    Engine, EngineStats, GenerateRequest, Input, LoadOptions, SamplingParams, Summary, TokenEvent,
 };
+use crate::server::metrics::kv_blocks_free;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -84,6 +90,77 @@ pub struct BenchRow {
     /// tg tests on the CPU: the machine's memory read bandwidth, measured in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_gb_per_s: Option<f64>,
+    #[serde(flatten)]
+    pub kv: KvUse,
+}
+
+/// The engine's KV cache over one test (warm-up included): its blocks at the moment the most were
+/// in use (read every [`KV_SAMPLE_EVERY`]), and what its prefix cache and scheduler counted
+/// meanwhile.
+#[derive(Debug, Default, Serialize)]
+pub struct KvUse {
+    pub kv_blocks_used: usize,
+    pub kv_blocks_cached: usize,
+    pub kv_blocks_free: usize,
+    /// Prompt tokens looked up in the prefix cache, and found there: with every prompt new, a hit
+    /// means some prefill was skipped and the figure flatters.
+    pub prefix_cache_queries: u64,
+    pub prefix_cache_hits: u64,
+    /// Sequences preempted because the block pool ran out: their tokens were computed twice.
+    pub preemptions: u64,
+}
+
+/// How often [`watched`] reads the engine's blocks: often enough to catch all but the shortest
+/// prefills, seldom enough (a few microseconds each) not to slow the threads being measured.
+const KV_SAMPLE_EVERY: Duration = Duration::from_millis(2);
+
+/// Runs `work`, reading the engine's KV cache meanwhile; see [`KvUse`].
+async fn watched<T>(engine: &Engine, work: impl Future<Output = T>) -> (T, KvUse) {
+    let start = engine.stats();
+    let mut busiest = start;
+    let mut ticks = tokio::time::interval(KV_SAMPLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut work = std::pin::pin!(work);
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = ticks.tick() => {
+                let now = engine.stats();
+                if now.kv_blocks_used > busiest.kv_blocks_used {
+                    busiest = now;
+                }
+            }
+        }
+    };
+    (out, kv_use(&start, &busiest, &engine.stats()))
+}
+
+fn kv_use(start: &EngineStats, busiest: &EngineStats, end: &EngineStats) -> KvUse {
+    KvUse {
+        kv_blocks_used: busiest.kv_blocks_used,
+        kv_blocks_cached: busiest.kv_blocks_cached,
+        kv_blocks_free: kv_blocks_free(busiest),
+        prefix_cache_queries: end
+            .prefix_cache_queries
+            .saturating_sub(start.prefix_cache_queries),
+        prefix_cache_hits: end
+            .prefix_cache_hits
+            .saturating_sub(start.prefix_cache_hits),
+        preemptions: end.preemptions.saturating_sub(start.preemptions),
+    }
+}
+
+impl KvUse {
+    /// Says on stderr when a test's figure does not measure what its name says.
+    fn warn(&self, test: &str) {
+        if self.prefix_cache_hits > 0 {
+            eprintln!(
+                "warning: {test} found {} prompt tokens in the prefix cache; its prefill was \
+                 partly skipped",
+                self.prefix_cache_hits
+            );
+        }
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -122,8 +199,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bandwidth = (engine.info().device == "cpu" && args.n_gen.iter().any(|&n| n > 0))
         .then(|| memory_bandwidth(candle_core::utils::get_num_threads()));
     let mut report = Report::new(args.json, print_header, print_row);
+    let mut next_seed = 0;
     for (n_prompt, n_gen) in tests {
-        let mut row = measure(&engine, n_prompt, n_gen, args.repetitions.max(1)).await?;
+        let repetitions = args.repetitions.max(1);
+        let measured = measure(&engine, n_prompt, n_gen, repetitions, &mut next_seed);
+        let (row, kv) = watched(&engine, measured).await;
+        let mut row = row?;
+        kv.warn(&row.test);
+        row.kv = kv;
         if n_gen > 0 {
             let bytes = engine.info().weight_bytes_per_token;
             row.weight_bytes_per_token = Some(bytes);
@@ -176,10 +259,12 @@ async fn measure(
     n_prompt: usize,
     n_gen: usize,
     repetitions: usize,
+    next_seed: &mut u64,
 ) -> anyhow::Result<BenchRow> {
     let mut samples_ns = Vec::new();
     for run in 0..=repetitions {
-        let summary = once(engine, n_prompt, n_gen, run as u64).await?;
+        let summary = once(engine, n_prompt, n_gen, *next_seed).await?;
+        *next_seed += 1;
         // Prompt processing: the prefill pass alone. Generation: all the engine's time for
         // n_gen tokens after a 1-token prompt (its pass is the first generation step).
         let seconds = if n_prompt > 0 {
@@ -217,6 +302,7 @@ async fn measure(
         weight_bytes_per_token: None,
         weights_gb_per_s: None,
         memory_gb_per_s: None,
+        kv: KvUse::default(),
     })
 }
 
@@ -289,35 +375,47 @@ pub struct ConcurrencyRow {
     pub ttft_p95_ms: f64,
     pub itl_p50_ms: f64,
     pub itl_p95_ms: f64,
+    #[serde(flatten)]
+    pub kv: KvUse,
 }
 
 async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
     let n_prompt = args.n_prompt.first().copied().unwrap_or(0).max(1);
     let n_gen = args.n_gen.first().copied().unwrap_or(0).max(1);
     let mut report = Report::new(args.json, print_concurrency_header, print_concurrency_row);
+    let mut next_seed = 0;
     for &streams in args.concurrency.iter().filter(|&&c| c > 0) {
         let (mut samples_ts, mut per_stream) = (Vec::new(), Vec::new());
         let (mut ttft, mut itl) = (Vec::new(), Vec::new());
-        for run in 0..=args.repetitions.max(1) {
-            let started = Instant::now();
-            let timings = futures::future::try_join_all((0..streams).map(|i| {
-                let seed = (run * 1000 + i) as u64;
-                timed(engine, n_prompt, n_gen, seed, started)
-            }))
-            .await?;
-            let wall = started.elapsed().as_secs_f64();
-            if run == 0 {
-                continue; // warm-up
-            }
-            samples_ts.push((streams * n_gen) as f64 / wall);
-            for arrivals in timings {
-                ttft.push(arrivals[0] * 1e3);
-                itl.extend(arrivals.windows(2).map(|w| (w[1] - w[0]) * 1e3));
-                if let [first, .., last] = arrivals[..] {
-                    per_stream.push((arrivals.len() - 1) as f64 / (last - first));
+        let level = async {
+            for run in 0..=args.repetitions.max(1) {
+                let started = Instant::now();
+                let first_seed = next_seed;
+                next_seed += streams as u64;
+                let timings = futures::future::try_join_all(
+                    (0..streams)
+                        .map(|i| timed(engine, n_prompt, n_gen, first_seed + i as u64, started)),
+                )
+                .await?;
+                let wall = started.elapsed().as_secs_f64();
+                if run == 0 {
+                    continue; // warm-up
+                }
+                samples_ts.push((streams * n_gen) as f64 / wall);
+                for arrivals in timings {
+                    ttft.push(arrivals[0] * 1e3);
+                    itl.extend(arrivals.windows(2).map(|w| (w[1] - w[0]) * 1e3));
+                    if let [first, .., last] = arrivals[..] {
+                        per_stream.push((arrivals.len() - 1) as f64 / (last - first));
+                    }
                 }
             }
-        }
+            anyhow::Ok(())
+        };
+        let (done, kv) = watched(engine, level).await;
+        done?;
+        let test = format!("pp{n_prompt}+tg{n_gen}");
+        kv.warn(&test);
         let info = engine.info();
         report.push(ConcurrencyRow {
             model: info.name.clone(),
@@ -325,7 +423,7 @@ async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
             backend: info.backend.to_string(),
             device: info.device.clone(),
             n_threads: candle_core::utils::get_num_threads(),
-            test: format!("pp{n_prompt}+tg{n_gen}"),
+            test,
             concurrency: streams,
             n_prompt,
             n_gen,
@@ -337,6 +435,7 @@ async fn concurrency(engine: &Engine, args: &BenchArgs) -> anyhow::Result<()> {
             ttft_p95_ms: percentile(&mut ttft, 95.0),
             itl_p50_ms: percentile(&mut itl, 50.0),
             itl_p95_ms: percentile(&mut itl, 95.0),
+            kv,
         });
     }
     report.finish()
@@ -384,24 +483,37 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 
 fn print_concurrency_header() {
     println!(
-        "| {:<14} | {:>3} | {:>18} | {:>10} | {:>15} | {:>15} |",
-        "test", "c", "aggregate t/s", "stream t/s", "TTFT p50/p95 ms", "ITL p50/p95 ms"
+        "| {:<14} | {:>3} | {:>18} | {:>10} | {:>15} | {:>15} | {:>21} | {:>9} |",
+        "test",
+        "c",
+        "aggregate t/s",
+        "stream t/s",
+        "TTFT p50/p95 ms",
+        "ITL p50/p95 ms",
+        "KV used/cached/free",
+        "preempted"
     );
     println!(
-        "| {:-<14} | {:->2}: | {:->17}: | {:->9}: | {:->14}: | {:->14}: |",
-        "", "", "", "", "", ""
+        "| {:-<14} | {:->2}: | {:->17}: | {:->9}: | {:->14}: | {:->14}: | {:->20}: | {:->8}: |",
+        "", "", "", "", "", "", "", ""
     );
 }
 
 fn print_concurrency_row(row: &ConcurrencyRow) {
+    let kv = &row.kv;
     println!(
-        "| {:<14} | {:>3} | {:>18} | {:>10.2} | {:>15} | {:>15} |",
+        "| {:<14} | {:>3} | {:>18} | {:>10.2} | {:>15} | {:>15} | {:>21} | {:>9} |",
         row.test,
         row.concurrency,
         format!("{:.2} ± {:.2}", row.avg_ts, row.stddev_ts),
         row.per_stream_ts,
         format!("{:.0} / {:.0}", row.ttft_p50_ms, row.ttft_p95_ms),
         format!("{:.1} / {:.1}", row.itl_p50_ms, row.itl_p95_ms),
+        format!(
+            "{} / {} / {}",
+            kv.kv_blocks_used, kv.kv_blocks_cached, kv.kv_blocks_free
+        ),
+        kv.preemptions,
     );
 }
 

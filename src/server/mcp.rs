@@ -114,6 +114,8 @@ pub struct GenerationResult {
     /// (max_tokens), `cancelled`, or `error`.
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values came from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
     /// Tokens generated, including a final end-of-sequence token.
     pub completion_tokens: usize,
     /// Seconds from the request reaching the model to its first token.
@@ -322,6 +324,7 @@ fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
         text: text.clone(),
         finish_reason: summary.finish_reason,
         prompt_tokens: summary.prompt_tokens,
+        cached_tokens: summary.cached_tokens,
         completion_tokens: summary.completion_tokens,
         time_to_first_token: summary.time_to_first_token.as_secs_f64(),
         tokens_per_second: summary.decode_tokens_per_second,

@@ -1,13 +1,15 @@
 //! `/metrics`: what operators and autoscalers read, in the Prometheus text format.
 //!
 //! Names follow vLLM's (`vllm:num_requests_waiting` …), which gateways and autoscalers already
-//! know, with wick's prefix. Gauges are read from each loaded engine when scraped; counters and
-//! histograms are fed by the front ends as their token streams run ([`Metrics::observe`]), so
-//! every front end is counted the same way. Requests naming a model this server cannot serve
-//! never reach a model and are not counted.
+//! know, with wick's prefix. What an engine holds or has counted itself (running and waiting
+//! requests, KV blocks, prefix-cache lookups, preemptions) is read from each loaded engine when scraped; the other
+//! counters and histograms are fed by the front ends as their token streams run
+//! ([`Metrics::observe`]), so every front end is counted the same way. Requests naming a model
+//! this server cannot serve never reach a model and are not counted.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::engine::{Engine, FinishReason, TokenEvent};
+use crate::engine::{Engine, EngineStats, FinishReason, TokenEvent};
 use crate::error::Error;
 
 /// The front end a request came through.
@@ -84,6 +86,14 @@ struct ModelLabel {
     model_name: String,
 }
 
+/// `state` is `used` (held by a sequence), `cached` (keeping a prompt prefix for reuse) or
+/// `free` (holding nothing).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockLabels {
+    model_name: String,
+    state: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     model_name: String,
@@ -105,12 +115,9 @@ const TOKEN_BUCKETS: [f64; 15] = [
 
 /// One server's metrics. Cheap to share behind an `Arc`.
 pub struct Metrics {
-    /// Encoding reads the registry; the mutex only keeps two scrapes from interleaving gauges.
-    registry: Mutex<Registry>,
-    running: Family<ModelLabel, Gauge>,
-    waiting: Family<ModelLabel, Gauge>,
-    kv_cache_used: Family<ModelLabel, Gauge>,
-    kv_cache_capacity: Family<ModelLabel, Gauge>,
+    /// What the front ends count; what the engines hold is registered afresh at each scrape
+    /// ([`engine_registry`]).
+    registry: Registry,
     requests: Family<RequestLabels, Counter>,
     prompt_tokens: Family<ModelLabel, Counter>,
     generation_tokens: Family<ModelLabel, Counter>,
@@ -124,12 +131,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let latency: fn() -> Histogram = || Histogram::new(LATENCY_BUCKETS);
         let per_token: fn() -> Histogram = || Histogram::new(TOKEN_BUCKETS);
-        let metrics = Metrics {
-            registry: Mutex::new(Registry::default()),
-            running: Family::default(),
-            waiting: Family::default(),
-            kv_cache_used: Family::default(),
-            kv_cache_capacity: Family::default(),
+        let mut metrics = Metrics {
+            registry: Registry::default(),
             requests: Family::default(),
             prompt_tokens: Family::default(),
             generation_tokens: Family::default(),
@@ -139,28 +142,7 @@ impl Default for Metrics {
             queue_time: Family::new_with_constructor(latency),
         };
         {
-            let mut registry = metrics.lock();
-            let r = &mut *registry;
-            r.register(
-                "wick:num_requests_running",
-                "Requests being generated",
-                metrics.running.clone(),
-            );
-            r.register(
-                "wick:num_requests_waiting",
-                "Requests waiting for a slot or for KV-cache memory",
-                metrics.waiting.clone(),
-            );
-            r.register(
-                "wick:kv_cache_usage_bytes",
-                "Bytes the running requests' KV caches hold",
-                metrics.kv_cache_used.clone(),
-            );
-            r.register(
-                "wick:kv_cache_capacity_bytes",
-                "Bytes all KV caches may hold together (--kv-cache-memory)",
-                metrics.kv_cache_capacity.clone(),
-            );
+            let r = &mut metrics.registry;
             r.register(
                 "wick:requests",
                 "Requests ended, by front end and outcome",
@@ -202,24 +184,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition of every metric, the gauges read from `engines` now.
+    /// The Prometheus text exposition of every metric, those of `engines` read now.
     pub fn encode(&self, engines: &[Arc<Engine>]) -> Result<String, std::fmt::Error> {
-        let registry = self.lock();
-        for engine in engines {
-            let label = model_label(engine);
-            let stats = engine.stats();
-            let set = |family: &Family<ModelLabel, Gauge>, value: usize| {
-                family
-                    .get_or_create(&label)
-                    .set(i64::try_from(value).unwrap_or(i64::MAX));
-            };
-            set(&self.running, stats.active);
-            set(&self.waiting, stats.queued);
-            set(&self.kv_cache_used, stats.kv_cache_bytes);
-            set(&self.kv_cache_capacity, stats.kv_cache_budget);
-        }
+        let stats: Vec<_> = engines
+            .iter()
+            .map(|engine| (model_label(engine), engine.stats()))
+            .collect();
         let mut text = String::new();
-        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+        // Prometheus' text format has no end marker: two registries' expositions concatenate.
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &engine_registry(&stats))?;
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
 
@@ -255,10 +229,6 @@ impl Metrics {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn count(&self, model: &ModelLabel, frontend: Frontend, outcome: Outcome) {
         self.requests
             .get_or_create(&RequestLabels {
@@ -268,6 +238,117 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// A metric read from each engine: its name, its help and its value.
+type EngineFigure<T> = (&'static str, &'static str, fn(&EngineStats) -> T);
+
+/// The metrics read from the engines, built afresh at each scrape: a model unloaded since the last
+/// one leaves no stale series, and the engines' own running totals are exposed as they stand (a
+/// reloaded model starts them again from 0, which Prometheus' `rate` reads as a counter reset).
+fn engine_registry(engines: &[(ModelLabel, EngineStats)]) -> Registry {
+    let mut registry = Registry::default();
+    let int = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let gauges: [EngineFigure<usize>; 4] = [
+        (
+            "wick:num_requests_running",
+            "Requests being generated",
+            |s| s.active,
+        ),
+        (
+            "wick:num_requests_waiting",
+            "Requests waiting for a slot or for KV-cache memory",
+            |s| s.queued,
+        ),
+        (
+            "wick:kv_cache_usage_bytes",
+            "Bytes of the KV-cache blocks running requests hold",
+            |s| s.kv_cache_bytes,
+        ),
+        (
+            "wick:kv_cache_capacity_bytes",
+            "Bytes of the whole KV-cache block pool (--kv-cache-memory)",
+            |s| s.kv_cache_budget,
+        ),
+    ];
+    for (name, help, read) in gauges {
+        let family = Family::<ModelLabel, Gauge>::default();
+        for (model, stats) in engines {
+            family.get_or_create(model).set(int(read(stats)));
+        }
+        registry.register(name, help, family);
+    }
+    let usage = Family::<ModelLabel, Gauge<f64, AtomicU64>>::default();
+    let blocks = Family::<BlockLabels, Gauge>::default();
+    for (model, stats) in engines {
+        usage.get_or_create(model).set(kv_cache_usage(stats));
+        for (state, count) in [
+            ("used", stats.kv_blocks_used),
+            ("cached", stats.kv_blocks_cached),
+            ("free", kv_blocks_free(stats)),
+        ] {
+            let labels = BlockLabels {
+                model_name: model.model_name.clone(),
+                state,
+            };
+            blocks.get_or_create(&labels).set(int(count));
+        }
+    }
+    registry.register(
+        "wick:kv_cache_usage_perc",
+        "Share of the KV-cache blocks running requests hold, from 0 to 1",
+        usage,
+    );
+    registry.register(
+        "wick:kv_cache_blocks",
+        "KV-cache blocks by state: used (held by a request), cached (a prompt prefix kept for \
+         reuse, reclaimed when no block is free) or free",
+        blocks,
+    );
+    // Registered without `_total`: the encoder appends it to counters.
+    let counters: [EngineFigure<u64>; 3] = [
+        (
+            "wick:prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            |s| s.prefix_cache_queries,
+        ),
+        (
+            "wick:prefix_cache_hits",
+            "Prompt tokens found in the prefix cache, their keys and values not computed again",
+            |s| s.prefix_cache_hits,
+        ),
+        (
+            "wick:num_preemptions",
+            "Requests preempted because the KV-cache pool ran out (their blocks freed, their \
+             tokens computed again when they resume)",
+            |s| s.preemptions,
+        ),
+    ];
+    for (name, help, read) in counters {
+        let family = Family::<ModelLabel, Counter>::default();
+        for (model, stats) in engines {
+            family.get_or_create(model).inc_by(read(stats));
+        }
+        registry.register(name, help, family);
+    }
+    registry
+}
+
+/// `kv_blocks_used / kv_blocks_total`, vLLM's `kv_cache_usage_perc`; 0 for an engine without a
+/// block pool.
+fn kv_cache_usage(stats: &EngineStats) -> f64 {
+    if stats.kv_blocks_total == 0 {
+        return 0.0;
+    }
+    stats.kv_blocks_used as f64 / stats.kv_blocks_total as f64
+}
+
+/// Blocks that hold nothing. The engine reports the total and the used and cached ones; a cached
+/// block is reclaimable too, but still worth something, so the front ends show it apart.
+pub fn kv_blocks_free(stats: &EngineStats) -> usize {
+    stats
+        .kv_blocks_total
+        .saturating_sub(stats.kv_blocks_used + stats.kv_blocks_cached)
 }
 
 fn model_label(engine: &Engine) -> ModelLabel {
@@ -365,5 +446,48 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in:\n{text}");
         }
+    }
+
+    /// The engines' figures come out under vLLM's names, counters typed as counters with
+    /// `_total`, and the blocks by state adding up to the pool.
+    #[test]
+    fn engine_figures_have_their_names_and_types() {
+        let stats = EngineStats {
+            kv_blocks_total: 8,
+            kv_blocks_used: 2,
+            kv_blocks_cached: 3,
+            prefix_cache_queries: 40,
+            prefix_cache_hits: 16,
+            preemptions: 1,
+            ..EngineStats::default()
+        };
+        let model = ModelLabel {
+            model_name: "m".into(),
+        };
+        let mut text = String::new();
+        let registry = engine_registry(&[(model, stats)]);
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "# TYPE wick:prefix_cache_queries_total counter",
+            r#"wick:prefix_cache_queries_total{model_name="m"} 40"#,
+            "# TYPE wick:prefix_cache_hits_total counter",
+            r#"wick:prefix_cache_hits_total{model_name="m"} 16"#,
+            "# TYPE wick:num_preemptions_total counter",
+            r#"wick:num_preemptions_total{model_name="m"} 1"#,
+            "# TYPE wick:kv_cache_usage_perc gauge",
+            r#"wick:kv_cache_usage_perc{model_name="m"} 0.25"#,
+            "# TYPE wick:kv_cache_blocks gauge",
+            r#"wick:kv_cache_blocks{model_name="m",state="used"} 2"#,
+            r#"wick:kv_cache_blocks{model_name="m",state="cached"} 3"#,
+            r#"wick:kv_cache_blocks{model_name="m",state="free"} 3"#,
+            "# TYPE wick:kv_cache_usage_bytes gauge",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+        assert_eq!(
+            kv_cache_usage(&EngineStats::default()),
+            0.0,
+            "no pool, no usage"
+        );
     }
 }

@@ -594,11 +594,14 @@ impl Reply {
     }
 }
 
+/// OpenAI's usage object; `cached_tokens` counts the prompt tokens the prefix cache served, as
+/// OpenAI's own prompt caching reports them.
 fn usage(summary: &Summary) -> Value {
     json!({
         "prompt_tokens": summary.prompt_tokens,
         "completion_tokens": summary.completion_tokens,
         "total_tokens": summary.prompt_tokens + summary.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": summary.cached_tokens },
     })
 }
 

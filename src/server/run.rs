@@ -9,8 +9,9 @@ use std::sync::{Arc, OnceLock};
 use tokio_util::sync::CancellationToken;
 
 use super::mcp::WickMcp;
+use super::metrics::kv_blocks_free;
 use super::{HealthCheck, ServerOptions, ServerState, api_routes, router, serve};
-use crate::engine::{ModelInfo, ModelManager};
+use crate::engine::{EngineStats, ModelInfo, ModelManager};
 use crate::error::{Error, Result};
 use crate::registry::{Backend, ModelSelector};
 
@@ -142,13 +143,29 @@ fn health_check(
         let models: Vec<_> = manager
             .loaded()
             .iter()
-            .map(|engine| serde_json::json!({ "info": engine.info(), "stats": engine.stats() }))
+            .map(|engine| {
+                let stats = engine.stats();
+                let stats = HealthStats {
+                    kv_blocks_free: kv_blocks_free(&stats),
+                    stats,
+                };
+                serde_json::json!({ "info": engine.info(), "stats": stats })
+            })
             .collect();
         (
             true,
             serde_json::json!({ "status": "ready", "default_model": default_model, "models": models }),
         )
     })
+}
+
+/// An engine's counters as `/health` shows them: with the free KV blocks, which the engine leaves
+/// to subtraction, beside its used and cached ones.
+#[derive(serde::Serialize)]
+struct HealthStats {
+    #[serde(flatten)]
+    stats: EngineStats,
+    kv_blocks_free: usize,
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
