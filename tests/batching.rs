@@ -200,9 +200,15 @@ async fn requests_wait_for_kv_blocks_and_one_that_never_fits_is_refused() {
     })
     .await;
     let stats = engine.stats();
-    assert_eq!((stats.kv_cache_budget, stats.kv_blocks_total), (20 * block, 20));
+    assert_eq!(
+        (stats.kv_cache_budget, stats.kv_blocks_total),
+        (20 * block, 20)
+    );
     let tokens = |prompt: usize, max_tokens| {
-        endless(GenerateRequest::new(Input::Tokens(vec![1; prompt])), max_tokens)
+        endless(
+            GenerateRequest::new(Input::Tokens(vec![1; prompt])),
+            max_tokens,
+        )
     };
     // A 120-token prompt needs 8 blocks (its positions and one more).
     let (alone, _, _) = run(&engine, tokens(120, 10)).await;

@@ -328,8 +328,11 @@ fn metrics_count_what_ran() {
         value("wick:prompt_tokens_total", &[model]),
         sum("prompt_tokens")
     );
-    let openai = [model, ("frontend", "openai"), ("outcome", "length")];
+    // Each ran to its length or stopped at the end of its turn.
+    let openai = [model, ("frontend", "openai")];
     assert_eq!(value("wick:requests_total", &openai), 3.0);
+    let error = [model, ("frontend", "openai"), ("outcome", "error")];
+    assert_eq!(value("wick:requests_total", &error), 0.0);
     for histogram in [
         "wick:time_to_first_token_seconds_count",
         "wick:e2e_request_latency_seconds_count",

@@ -7,6 +7,7 @@ mod kv;
 mod load;
 mod manager;
 pub(crate) mod model;
+mod plan;
 mod resolve;
 pub(crate) mod sampling;
 mod scheduler;

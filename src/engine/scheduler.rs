@@ -10,7 +10,7 @@
 //! to compute its keys and values again when readmitted. The oldest sequence always fits alone
 //! (larger requests are refused up front), so it is never preempted by another and never starves.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::Counters;
 use super::kv::KvManager;
+use super::plan::{Candidate, plan_step};
 use super::sequence::{Job, Sequence};
 
 /// How much work the engine takes on at once.
@@ -157,66 +158,52 @@ impl<'t> Scheduler<'t> {
         }
     }
 
-    /// The sequences of the next step, in row order: every decoding sequence's rows first, then
-    /// prompt chunks, oldest first, while they fit in the prompt-token budget. Each one's table
-    /// grows to hold its rows; where the pool runs out, the most recently admitted sequences are
-    /// preempted until it fits (or it was the one preempted).
+    /// The sequences of the next step, in row order (see [`plan_step`]): the plan's preemptions
+    /// are carried out, then each sequence's table grows to hold its rows.
     pub fn plan(&mut self) -> Vec<&mut Sequence<'t>> {
         let chunk = self.chunk();
-        let (decoding, prefilling): (Vec<usize>, Vec<usize>) = (0..self.running.len())
-            .filter(|&i| !self.running[i].finished())
-            .partition(|&i| self.running[i].prompt_left() == 0);
-        let mut chosen: Vec<usize> = Vec::new();
-        let mut budget = chunk;
-        for i in decoding.into_iter().chain(prefilling) {
-            let Some(seq) = self.running.get(i) else {
+        let candidates: Vec<Candidate> = self
+            .running
+            .iter()
+            .map(|seq| {
+                let rows = seq.next_rows(chunk);
+                let (grow, releases) = match seq.table() {
+                    Some(table) => (
+                        self.kv.growth(table, seq.fed() + rows),
+                        self.kv.releases(table),
+                    ),
+                    None => (0, 0),
+                };
+                Candidate {
+                    rows,
+                    prefill: seq.prompt_left() > 0,
+                    grow,
+                    releases,
+                }
+            })
+            .collect();
+        let plan = plan_step(&candidates, self.kv.free_blocks(), chunk);
+        // The most recent first: removing them leaves the other indices as they are.
+        for &i in &plan.preempt {
+            self.preempt(i);
+        }
+        let mut step: Vec<Option<&mut Sequence<'t>>> = self.running.iter_mut().map(Some).collect();
+        let mut planned = Vec::with_capacity(plan.step.len());
+        for i in plan.step {
+            let Some(seq) = step.get_mut(i).and_then(Option::take) else {
                 continue;
             };
-            let rows = seq.next_rows(chunk);
-            let prefill = seq.prompt_left() > 0;
-            if prefill && rows > budget {
-                break;
-            }
-            if !self.grow_or_preempt(i, rows, &mut chosen) {
-                continue;
-            }
-            chosen.push(i);
-            if prefill {
-                budget -= rows;
-            }
-        }
-        self.publish();
-        let chosen: HashSet<usize> = chosen.into_iter().collect();
-        // Row order: decode rows first, as chosen.
-        let (mut decode, mut prompt): (Vec<_>, Vec<_>) = self
-            .running
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| chosen.contains(i))
-            .map(|(_, seq)| seq)
-            .partition(|seq| seq.prompt_left() == 0);
-        decode.append(&mut prompt);
-        decode
-    }
-
-    /// Grows sequence `i`'s table by `rows`, preempting the most recently admitted sequences
-    /// while the pool is short; false if `i` itself was preempted.
-    fn grow_or_preempt(&mut self, i: usize, rows: usize, chosen: &mut Vec<usize>) -> bool {
-        loop {
-            let seq = &mut self.running[i];
-            let positions = seq.fed() + rows;
-            if let Some(table) = seq.table_mut()
-                && self.kv.grow(table, positions)
+            let positions = seq.fed() + candidates[i].rows;
+            // The plan counted these blocks free.
+            if seq
+                .table_mut()
+                .is_some_and(|table| self.kv.grow(table, positions))
             {
-                return true;
-            }
-            let victim = self.running.len() - 1;
-            chosen.retain(|&c| c != victim);
-            self.preempt(victim);
-            if victim == i {
-                return false;
+                planned.push(seq);
             }
         }
+        publish(&self.kv, &self.counters);
+        planned
     }
 
     fn preempt(&mut self, i: usize) {
@@ -257,13 +244,16 @@ impl<'t> Scheduler<'t> {
         finished.into_iter().for_each(Sequence::send_summary);
     }
 
-    /// Copies the pool's state into the engine's counters.
     fn publish(&self) {
-        let usage = self.kv.usage();
-        let c = &self.counters;
-        c.kv_blocks_used.store(usage.used, Relaxed);
-        c.kv_blocks_cached.store(usage.cached, Relaxed);
-        c.prefix_cache_queries.store(usage.queries, Relaxed);
-        c.prefix_cache_hits.store(usage.hits, Relaxed);
+        publish(&self.kv, &self.counters);
     }
+}
+
+/// Copies the pool's state into the engine's counters.
+fn publish(kv: &KvManager, c: &Counters) {
+    let usage = kv.usage();
+    c.kv_blocks_used.store(usage.used, Relaxed);
+    c.kv_blocks_cached.store(usage.cached, Relaxed);
+    c.prefix_cache_queries.store(usage.queries, Relaxed);
+    c.prefix_cache_hits.store(usage.hits, Relaxed);
 }

@@ -111,6 +111,11 @@ impl<'t> Sequence<'t> {
     }
 
     /// Its block table, unless preempted or finished.
+    pub fn table(&self) -> Option<&BlockTable> {
+        self.table.as_ref()
+    }
+
+    /// [`Sequence::table`], to grow it.
     pub fn table_mut(&mut self) -> Option<&mut BlockTable> {
         self.table.as_mut()
     }

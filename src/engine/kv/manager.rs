@@ -111,13 +111,31 @@ impl KvManager {
         Some(Admission { table, cached })
     }
 
+    /// Blocks that can be handed out (cached ones included).
+    pub fn free_blocks(&self) -> usize {
+        self.pool.free()
+    }
+
+    /// Blocks `table` must be given to hold `positions`.
+    pub fn growth(&self, table: &BlockTable, positions: usize) -> usize {
+        self.shape
+            .blocks_for(positions)
+            .saturating_sub(table.blocks.len())
+    }
+
+    /// Blocks freeing `table` would free: those no other sequence shares.
+    pub fn releases(&self, table: &BlockTable) -> usize {
+        table
+            .blocks
+            .iter()
+            .filter(|&&id| self.pool.refs(id) == 1)
+            .count()
+    }
+
     /// Grows `table` to hold `positions`; false (and unchanged) when the pool has too few free
     /// blocks.
     pub fn grow(&mut self, table: &mut BlockTable, positions: usize) -> bool {
-        let needed = self
-            .shape
-            .blocks_for(positions)
-            .saturating_sub(table.blocks.len());
+        let needed = self.growth(table, positions);
         if needed > self.pool.free() {
             return false;
         }

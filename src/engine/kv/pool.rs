@@ -127,7 +127,7 @@ impl BlockPool {
         self.blocks[id as usize].key = Some(key);
     }
 
-    #[cfg(test)]
+    /// Holders of `id`.
     pub fn refs(&self, id: BlockId) -> u32 {
         self.blocks[id as usize].refs
     }
