@@ -22,11 +22,11 @@ def connect(url: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
 
 
-def one(url: str, i: int, max_tokens: int, stop_after: int, counts: list) -> None:
+def one(url: str, model: str, i: int, max_tokens: int, stop_after: int, counts: list) -> None:
     connection = connect(url)
     body = json.dumps(
         {
-            "model": "default",
+            "model": model,
             "prompt": f"Request {i}: write a long story about a lighthouse keeper.",
             "max_tokens": max_tokens,
             "temperature": 0,
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=2048)
     parser.add_argument("--stop-after", type=int, default=64)
+    parser.add_argument("--model", default="small", help="the model id to ask for (wick: as /v1/models lists it)")
     args = parser.parse_args()
     counts = [0] * args.requests
     peak = 0
@@ -76,7 +77,7 @@ def main() -> None:
     poller.start()
     start = time.perf_counter()
     threads = [
-        threading.Thread(target=one, args=(args.url, i, args.max_tokens, args.stop_after, counts))
+        threading.Thread(target=one, args=(args.url, args.model, i, args.max_tokens, args.stop_after, counts))
         for i in range(args.requests)
     ]
     for t in threads:

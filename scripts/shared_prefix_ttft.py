@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--words", type=int, default=1100)
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", default="small", help="the model id to ask for (wick: as /v1/models lists it)")
     args = parser.parse_args()
     prefix = document(args.words)
     times = []

@@ -2,15 +2,15 @@
 //! behind candle's `QMatMul`.
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
-//! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices take wick's own kernels (`kernels/`) for calls of
-//! fewer than [`GEMM_ROWS`] rows, the decode rows: they read the blocks as stored, on AVX2 or
-//! AVX-512 VNNI. Q8_0 matrices without a fast candle kernel take them for a lone row, and wick's
-//! Q8_0 tiles (the same bits) for 2 to 255 rows.
+//! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices take wick's own kernels (`kernels/`) in calls of
+//! fewer than [`GEMM_ROWS`] rows, decode rows and prompt chunks alike: they read the blocks as
+//! stored, on AVX2 or AVX-512 VNNI. Q8_0 matrices without a fast candle kernel take them for a lone
+//! row, and wick's Q8_0 tiles (the same bits) for 2 to 255 rows.
 //! Where candle's fast x86 kernels apply (AVX-512 VNNI; Q4_K, Q6_K and Q8_0 with an inner
 //! dimension that is a multiple of 256) they beat dequantizing for a GEMM at every prompt length.
-//! Where they do not, candle's kernel takes rows one by one, so chunks of [`GEMM_ROWS`] or more
-//! rows multiply by the dequantized f32 weights with candle's GEMM, which reuses each weight across
-//! the rows.
+//! Where neither does, candle's kernel takes rows one by one, so decode calls of [`GEMM_ROWS`] or
+//! more rows, and prompt chunks, multiply by the dequantized f32 weights with candle's GEMM, which
+//! reuses each weight across the rows.
 //!
 //! Zero-padding other Q8_0 matrices to a multiple of 256 would make them 2.7–4.6 times faster, but
 //! those kernels round the activations in blocks of 256 rather than 32: SmolLM2's greedy text then
@@ -22,12 +22,15 @@
 //! cache computes only its tail). candle's kernels give a row the same bits whatever other rows
 //! share the call, except where the kernel itself changes with the number of rows: the GEMM above
 //! (and candle's AMX tiles for Q4_K) from 32 rows, candle's one-row Q6_K kernel, and the dense
-//! GEMM, whose blocking follows the shape. So on the CPU each prompt chunk ([`Span::prompt`]) is
-//! multiplied alone, padded with zero rows to at least [`PROMPT_ROWS`], and always on the long-chunk path (the
-//! dequantized GEMM where candle has no fast kernel, Q8_0 included); decode rows share calls of
-//! fewer than [`GEMM_ROWS`] rows on the decode kernels; a lone row on a Q6_K fast matrix is padded
-//! to two; dense weights go one segment at a time. On a GPU every row shares one call: cuBLAS
-//! picks its algorithm by shape, so there a near-tie may break differently in a different batch.
+//! GEMM, whose blocking follows the shape. So on the CPU prompt chunks ([`Span::prompt`]) never
+//! take the dequantized GEMM where a decode kernel applies: they go in pieces of fewer than
+//! [`GEMM_ROWS`] rows (255 on wick's Q8_0 tiles) through the decode kernels, which give a row the
+//! same bits in any call. Matrices only candle's generic kernel takes (Q5_K, say) multiply prompt
+//! chunks by their dequantized weights at any length, padded to [`PROMPT_ROWS`] rows, as dense
+//! weights do. Decode rows share calls of fewer than [`GEMM_ROWS`] rows; a lone row on a Q6_K fast
+//! matrix is padded to two; dense weights go one segment at a time. On a GPU every row shares one
+//! call: cuBLAS picks its algorithm by shape, so there a near-tie may break differently in a
+//! different batch.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -47,9 +50,9 @@ const GEMM_ROWS: usize = 32;
 /// dequantizing for a GEMM up to about 256 rows: `cargo bench --bench kernels`).
 const Q8_0_GEMM_ROWS: usize = 256;
 
-/// Prompt chunks are padded to at least this many rows: candle's GEMM (the `gemm` crate) blocks
-/// products of at most 64 by 64 another way, so a shorter chunk's rows would get other bits than
-/// the same rows in a long chunk. From 65 rows up a row's bits do not depend on the row count
+/// Prompt chunks that go through candle's GEMM are padded to at least this many rows: the `gemm`
+/// crate blocks small products another way, so a short chunk's rows would get other bits than the
+/// same rows in a long chunk. From 65 rows up a row's bits do not depend on the row count
 /// (`tests::a_row_gets_the_same_bits_in_any_chunk`).
 const PROMPT_ROWS: usize = 65;
 
@@ -194,7 +197,9 @@ impl Linear {
                 _ => x.narrow(0, range.start, range.len())?,
             };
             let rows = range.len();
-            let padded = match prompt && linears[0].per_segment {
+            // A lone row takes another kernel than two on candle's fast Q6_K matrices; a dense
+            // prompt row must get the bits it gets in a longer chunk (see [`PROMPT_ROWS`]).
+            let padded = match prompt && linears.iter().any(|l| l.is_dense()) {
                 true => rows.max(PROMPT_ROWS),
                 false if rows == 1 && linears.iter().any(|l| l.pad_single) => 2,
                 false => rows,
@@ -213,7 +218,7 @@ impl Linear {
             };
             let outputs = match fused {
                 Some(outputs) => outputs,
-                None => match Self::q8_0_rows(&linears, &input, prompt)? {
+                None => match Self::q8_0_rows(&linears, &input)? {
                     Some(outputs) => outputs,
                     // One call each (wick's kernels still take those they can).
                     None => linears
@@ -254,15 +259,27 @@ impl Linear {
             return vec![(0..total, false)];
         }
         let dense = self.is_dense();
+        // Prompt chunks go in pieces short enough for the decode kernels (never a GEMM).
+        let piece = match self.q8_0 {
+            _ if dense => usize::MAX,
+            Some(_) => Q8_0_GEMM_ROWS - 1,
+            None => GEMM_ROWS - 1,
+        };
         let mut calls = Vec::new();
         let mut shared: Option<Range<usize>> = None;
         let mut start = 0;
         for span in spans {
             let range = start..start + span.rows;
             start += span.rows;
-            if dense || span.prompt || span.rows >= GEMM_ROWS {
+            if span.prompt {
                 calls.extend(shared.take().map(|run| (run, false)));
-                calls.push((range, span.prompt));
+                let pieces = range.clone().step_by(piece.max(1));
+                calls.extend(pieces.map(|at| (at..at.saturating_add(piece).min(range.end), true)));
+                continue;
+            }
+            if dense || span.rows >= GEMM_ROWS {
+                calls.extend(shared.take().map(|run| (run, false)));
+                calls.push((range, false));
                 continue;
             }
             match &mut shared {
@@ -278,21 +295,31 @@ impl Linear {
     }
 
     /// One kernel call over `x`, `(rows, in)`; `dense` keeps the dequantized weights of the
-    /// GEMM path for the pass's next call. A prompt chunk takes the GEMM path at any length.
+    /// GEMM path for the pass's next call. A prompt chunk on a matrix only candle's generic
+    /// kernel takes goes through the GEMM at any length, padded to [`PROMPT_ROWS`] rows.
     fn call(&self, x: &Tensor, dense: &mut Option<Tensor>, prompt: bool) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
         let gemm_rows = match self.q8_0 {
-            _ if prompt => GEMM_ROWS,
             Some(_) => Q8_0_GEMM_ROWS,
             None => GEMM_ROWS,
         };
         let y = match &self.gemm {
-            Some(weight) if rows >= gemm_rows => {
+            Some(weight) if prompt || rows >= gemm_rows => {
                 let w = match dense {
                     Some(w) => w,
                     None => dense.insert(weight.dequantize(x.device())?),
                 };
-                x.matmul(&w.t()?)?
+                let padded = match prompt && rows < PROMPT_ROWS {
+                    true => Tensor::cat(
+                        &[
+                            x,
+                            &Tensor::zeros((PROMPT_ROWS - rows, x.dim(1)?), x.dtype(), x.device())?,
+                        ],
+                        0,
+                    )?,
+                    false => x.clone(),
+                };
+                padded.matmul(&w.t()?)?.narrow(0, 0, rows)?
             }
             _ => self.matmul.forward(x)?,
         };
@@ -302,10 +329,10 @@ impl Linear {
     /// wick's Q8_0 tiles over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] decode rows when
     /// every projection has them (a lone row takes the decode-row kernels, which give the same
     /// bits).
-    fn q8_0_rows(linears: &[&Linear], x: &Tensor, prompt: bool) -> Result<Option<Vec<Tensor>>> {
+    fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();
-        match weights.filter(|_| !prompt && (2..Q8_0_GEMM_ROWS).contains(&rows)) {
+        match weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) {
             Some(weights) => Self::own_kernel(linears, x, |x| {
                 q8_0::matmul(&weights, x, rows, linears[0].threads)
             }),
