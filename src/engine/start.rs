@@ -115,7 +115,7 @@ pub(crate) fn start_engine(
     if let Err(why) = &chat {
         tracing::warn!(model = %model.name, "chat is unavailable: {why}");
     }
-    let stop_ids = super::stop_ids(&loaded.tokenizer, &loaded.eos_ids, chat.as_ref().ok());
+    let stop_ids = super::handle::stop_ids(&loaded.tokenizer, &loaded.eos_ids, chat.as_ref().ok());
     let info = ModelInfo {
         name: model.name.clone(),
         backend: model.backend,

@@ -1,4 +1,5 @@
-//! The engine thread: admit, plan a step, run it, hand each sequence its logits. One OS thread
+//! The engine thread: admit, plan a step, run it, hand each sequence its logits, update (cache the
+//! prompt blocks it completed, free finished sequences). One OS thread
 //! per loaded model, because candle's forward passes are blocking, CPU-heavy work that must stay
 //! off tokio's async workers.
 //!

@@ -1,0 +1,37 @@
+//! wick's CPU kernels, exposed for `cargo bench --bench kernels` to measure against candle's.
+
+use super::model;
+use crate::error::Result;
+
+/// wick's Q8_0 kernel for several rows, for `cargo bench --bench kernels` to measure against
+/// candle's: `x` `(rows, k)` row-major times `weight` `(n, k)` transposed, or `None` where this
+/// CPU or weight does not take it.
+#[doc(hidden)]
+pub fn q8_0_rows_kernel(
+    weight: &candle_core::quantized::QTensor,
+    x: &[f32],
+    rows: usize,
+) -> Option<Result<Vec<f32>>> {
+    if !model::kernels::q8_0::available() || !model::kernels::q8_0::applies(weight) {
+        return None;
+    }
+    let threads = model::kernels::Threads::Wick;
+    let outputs = model::kernels::q8_0::matmul(&[weight], x, rows, threads);
+    Some(outputs.map(|mut outputs| outputs.remove(0)))
+}
+
+/// wick's decode-row kernel for `weight`'s type (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0) at this CPU's
+/// widest SIMD level, for `cargo bench --bench kernels`: `x` `(rows, k)` row-major times `weight`
+/// `(n, k)` transposed, or `None` where this CPU or weight does not take it.
+#[doc(hidden)]
+pub fn decode_rows_kernel(
+    weight: &candle_core::quantized::QTensor,
+    x: &[f32],
+    rows: usize,
+) -> Option<Result<Vec<f32>>> {
+    let level = model::kernels::Level::best()?;
+    model::kernels::family(weight)?;
+    let threads = model::kernels::Threads::Wick;
+    let outputs = model::kernels::matmul(&[weight], x, rows, level, threads);
+    Some(outputs.map(|mut outputs| outputs.remove(0)))
+}
