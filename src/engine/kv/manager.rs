@@ -77,13 +77,12 @@ impl KvManager {
     pub fn admit(&mut self, prompt: &[u32], reserve: usize) -> Option<Admission> {
         let bs = self.shape.block_size;
         let prompt_hashes = match self.prefix_caching {
-            true => chain(prompt, bs).map(|key| key.hash).collect(),
+            true => chain(prompt, bs),
             false => Vec::new(),
         };
         let usable = prompt_hashes.len().min((prompt.len() - 1) / bs);
-        let hit: Vec<BlockId> = chain(prompt, bs)
-            .take(usable)
-            .map_while(|key| self.pool.find(&key))
+        let hit: Vec<BlockId> = (0..usable)
+            .map_while(|i| self.pool.find(&key(prompt, &prompt_hashes, bs, i)))
             .collect();
         let needed = self.shape.blocks_for(prompt.len() + 1) - hit.len();
         let reclaimed = hit.iter().filter(|&&id| self.pool.is_free(id)).count();
@@ -149,17 +148,18 @@ impl KvManager {
     }
 
     /// Makes the full blocks of `prompt` within its first `computed` positions findable by
-    /// later prompts. Only positions computed as prompt chunks are cached: a generated token's
-    /// keys come from the decode-row kernels, whose bits differ, and a prompt that found them in
-    /// the cache would continue differently than one computed cold.
+    /// later prompts. Only positions computed as prompt chunks are cached: on dense weights and
+    /// on matrices only candle's generic kernel takes, a generated token's keys come from other
+    /// kernels than a prompt chunk's, and a prompt that found them in the cache would continue
+    /// differently than one computed cold.
     pub fn cache_prompt(&mut self, table: &mut BlockTable, prompt: &[u32], computed: usize) {
         let full =
             (computed.min(prompt.len()) / self.shape.block_size).min(table.prompt_hashes.len());
         if full <= table.registered {
             return;
         }
-        let keys = chain(prompt, self.shape.block_size).skip(table.registered);
-        for (i, key) in (table.registered..full).zip(keys) {
+        for i in table.registered..full {
+            let key = key(prompt, &table.prompt_hashes, self.shape.block_size, i);
             self.pool.register(table.blocks[i], key);
         }
         table.registered = full;
@@ -174,20 +174,27 @@ impl KvManager {
     }
 }
 
-/// The keys of `tokens`' full blocks, each hashing the one before it, so equal tokens after a
-/// different prefix never match.
-fn chain(tokens: &[u32], block_size: usize) -> impl Iterator<Item = BlockKey> + '_ {
-    tokens.chunks_exact(block_size).scan(0u64, |parent, block| {
-        let mut hasher = std::hash::DefaultHasher::new();
-        (*parent, block).hash(&mut hasher);
-        let key = BlockKey {
-            hash: hasher.finish(),
-            parent: *parent,
-            tokens: block.into(),
-        };
-        *parent = key.hash;
-        Some(key)
-    })
+/// The hashes of `tokens`' full blocks, each hashing the one before it with the block's tokens,
+/// so equal tokens after a different prefix never match. Computed once per prompt, at admission.
+fn chain(tokens: &[u32], block_size: usize) -> Vec<u64> {
+    tokens
+        .chunks_exact(block_size)
+        .scan(0u64, |parent, block| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            (*parent, block).hash(&mut hasher);
+            *parent = hasher.finish();
+            Some(*parent)
+        })
+        .collect()
+}
+
+/// The key of full block `i` of `tokens`, whose hash chain is `hashes`.
+fn key(tokens: &[u32], hashes: &[u64], block_size: usize, i: usize) -> BlockKey {
+    BlockKey {
+        hash: hashes[i],
+        parent: i.checked_sub(1).map_or(0, |p| hashes[p]),
+        tokens: tokens[i * block_size..(i + 1) * block_size].into(),
+    }
 }
 
 #[cfg(test)]
