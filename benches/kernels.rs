@@ -5,14 +5,15 @@
 //! kernels do not apply), wick's own decode-row kernels (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0; blocks
 //! as stored), and dequantize + f32 GEMM:
 //!
-//! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second.
+//! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second. Then attention at depth
+//! (see [`attention`]).
 //!
 //! `cargo bench --bench kernels`; `cargo test --benches` runs each once as a check.
 
 use std::time::Duration;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{D, Device, Module, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 /// (out, in): SmolLM2-135M's MLP up and down, Qwen2.5-1.5B's MLP up.
@@ -95,5 +96,56 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+/// Attention for one sequence at a depth: wick's paged kernel over an f16 and an f32 pool, and
+/// candle's matmul + softmax + matmul over contiguous f32 keys (what a GEMM path costs):
+/// `attention/<heads>x<kv heads>x<head dim>/<depth>/<rows>/<kernel>`, in rows per second.
+fn attention(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let mut group = c.benchmark_group("attention");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    // SmolLM2-135M's and Gemma 3 270M's layers.
+    for (heads, kv_heads, dim) in [(9, 3, 64), (4, 1, 256)] {
+        for depth in [128, 1024, 4096] {
+            for rows in [1, 16] {
+                let name = format!("{heads}x{kv_heads}x{dim}/{depth}/{rows}");
+                let random = |shape: (usize, usize, usize)| {
+                    Tensor::randn(0f32, 1.0, shape, &device).expect("random")
+                };
+                let (q, keys, values) = (
+                    random((heads, rows, dim)),
+                    random((kv_heads, depth, dim)),
+                    random((kv_heads, depth, dim)),
+                );
+                group.throughput(Throughput::Elements(rows as u64));
+                for dtype in [DType::F16, DType::F32] {
+                    let (k, v) = (
+                        keys.to_dtype(dtype).expect("keys"),
+                        values.to_dtype(dtype).expect("values"),
+                    );
+                    let kernel = format!("wick_paged_{dtype:?}");
+                    group.bench_function(BenchmarkId::new(&name, kernel), |b| {
+                        b.iter(|| wick::engine::paged_attention_kernel(&q, &k, &v, depth, 16))
+                    });
+                }
+                // Every row sees every key here: what the GEMM costs, not a causal mask.
+                let grouped = q
+                    .reshape((kv_heads, heads / kv_heads * rows, dim))
+                    .expect("q");
+                group.bench_function(BenchmarkId::new(&name, "candle_gemm_f32"), |b| {
+                    b.iter(|| {
+                        let scores = grouped.matmul(&keys.t()?)?;
+                        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+                        weights.matmul(&values)
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, attention);
 criterion_main!(benches);

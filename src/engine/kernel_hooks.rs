@@ -35,3 +35,40 @@ pub fn decode_rows_kernel(
     let outputs = model::kernels::matmul(&[weight], x, rows, level, threads);
     Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
+
+/// wick's paged attention on the CPU, for `cargo bench --bench kernels` to measure against
+/// candle's matmul + softmax + matmul: `rows` query rows at positions `depth - rows..depth` of one
+/// sequence whose blocks are `0, 1, 2, …` of a pool `keys`/`values` `(kv_heads, positions,
+/// head_dim)` (f32 or f16); `q` `(heads, rows, head_dim)` f32, already scaled. `(rows, heads *
+/// head_dim)`.
+#[doc(hidden)]
+pub fn paged_attention_kernel(
+    q: &candle_core::Tensor,
+    keys: &candle_core::Tensor,
+    values: &candle_core::Tensor,
+    depth: usize,
+    block_size: usize,
+) -> Result<candle_core::Tensor> {
+    let (heads, rows, head_dim) = q.dims3()?;
+    let kv_heads = keys.dim(0)?;
+    let table: Vec<u32> = (0..depth.div_ceil(block_size) as u32).collect();
+    let segment = model::attention::QueryRows {
+        table: &table,
+        start: depth - rows,
+        rows,
+    };
+    let shape = model::attention::Heads {
+        heads,
+        kv_heads,
+        head_dim,
+        block_size,
+        window: None,
+    };
+    Ok(model::attention::paged_attention(
+        q,
+        keys,
+        values,
+        &[segment],
+        shape,
+    )?)
+}

@@ -1,6 +1,6 @@
 //! The model: one transformer for every family and weight format, and what it is built from.
 
-mod attention;
+pub(crate) mod attention;
 pub(crate) mod config;
 mod embedding;
 pub(crate) mod kernels;
