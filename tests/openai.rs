@@ -137,7 +137,7 @@ fn openai_sdk_chat_and_completions() {
     assert_eq!(length["usage"]["completion_tokens"], 5);
 
     assert_refused(one(&seen, "REFUSED_N"), 400, "n");
-    assert_refused(one(&seen, "REFUSED_LOGPROBS"), 400, "logprobs");
+    assert_refused(one(&seen, "REFUSED_ECHO"), 400, "echo");
     assert_refused(one(&seen, "REFUSED_UNKNOWN"), 400, "mirostat");
     assert_refused(one(&seen, "REFUSED_TYPE"), 400, "max_tokens");
     let negative = one(&seen, "REFUSED_TYPE")["message"].to_string();
@@ -168,6 +168,91 @@ fn openai_sdk_chat_and_completions() {
     ] {
         assert!(stats[field].is_u64(), "{field}: {stats}");
     }
+}
+
+/// Log-probabilities on both endpoints through the SDK's own types: greedy tokens are the most
+/// likely of their alternatives, the tokens join to the text, streamed equals whole.
+#[test]
+fn openai_sdk_logprobs() {
+    let server = ServerProcess::serve(&[]);
+    let seen = run(&server.base, "logprobs", None);
+    let close = |a: &Value, b: &Value| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-3;
+
+    let chat = one(&seen, "CHAT");
+    let content = chat["content"].as_array().expect("logprobs.content");
+    assert!(!content.is_empty(), "{chat}");
+    let tokens: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens, chat["text"].as_str().unwrap(), "{chat}");
+    for token in content {
+        let top = token["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 5, "{token}");
+        // Greedy: the token is its alternatives' most likely.
+        assert_eq!(top[0]["token"], token["token"], "{token}");
+        assert!(close(&top[0]["logprob"], &token["logprob"]), "{token}");
+        assert_sorted_and_at_most_one(top, |t| t["logprob"].as_f64().unwrap());
+        let bytes: Vec<u8> = serde_json::from_value(token["bytes"].clone()).unwrap();
+        assert_eq!(bytes, token["token"].as_str().unwrap().as_bytes());
+    }
+    let streamed = one(&seen, "CHAT_STREAM").as_array().unwrap();
+    assert_eq!(streamed.len(), content.len(), "{streamed:?}");
+    for (s, w) in streamed.iter().zip(content) {
+        assert_eq!(s["token"], w["token"]);
+        assert!(close(&s["logprob"], &w["logprob"]), "{s} {w}");
+    }
+    for token in one(&seen, "SAMPLED").as_array().unwrap() {
+        let top = token["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "{token}");
+        assert!(token["logprob"].as_f64().unwrap() <= top[0]["logprob"].as_f64().unwrap() + 1e-6);
+        assert_sorted_and_at_most_one(top, |t| t["logprob"].as_f64().unwrap());
+    }
+    assert_eq!(one(&seen, "PLAIN")["logprobs"], Value::Null);
+
+    let completion = one(&seen, "COMPLETION");
+    let logprobs = &completion["logprobs"];
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), completion["text"].as_str().unwrap());
+    let (values, tops, offsets) = (
+        logprobs["token_logprobs"].as_array().unwrap(),
+        logprobs["top_logprobs"].as_array().unwrap(),
+        logprobs["text_offset"].as_array().unwrap(),
+    );
+    assert_eq!(values.len(), tokens.len());
+    assert_eq!(tops.len(), tokens.len());
+    let mut offset = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(offsets[i], offset, "{logprobs}");
+        offset += token.chars().count();
+        let top = tops[i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 3, "{logprobs}");
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        assert!(close(&best.into(), &values[i]), "{logprobs}");
+        assert!(close(&top[*token], &values[i]), "{logprobs}");
+    }
+    assert_eq!(one(&seen, "COMPLETION_STREAM"), &logprobs["tokens"]);
+
+    assert_refused(one(&seen, "REFUSED_TOP"), 400, "top_logprobs");
+    assert_refused(one(&seen, "REFUSED_TOP_ALONE"), 400, "top_logprobs");
+    assert_refused(one(&seen, "REFUSED_COMPLETION"), 400, "logprobs");
+}
+
+/// Log-probabilities most likely first, whose probabilities add up to at most 1.
+fn assert_sorted_and_at_most_one(top: &[Value], logprob: impl Fn(&Value) -> f64) {
+    let values: Vec<f64> = top.iter().map(logprob).collect();
+    assert!(values.windows(2).all(|w| w[0] >= w[1]), "{values:?}");
+    assert!(values.iter().all(|v| *v <= 0.0), "{values:?}");
+    let total: f64 = values.iter().map(|v| v.exp()).sum();
+    assert!(total <= 1.0 + 1e-4, "{values:?}");
 }
 
 /// `usage.prompt_tokens_details.cached_tokens`, OpenAI's count of prompt tokens served from its

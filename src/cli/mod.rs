@@ -243,6 +243,7 @@ impl SamplingArgs {
             seed: self.seed,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            logprobs: None,
         }
     }
 }

@@ -27,7 +27,13 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-sequence tokens (benchmarks generate an exact token count).
     pub ignore_eos: bool,
+    /// Report each sampled token's log-probability and those of this many most likely tokens
+    /// (up to [`MAX_TOP_LOGPROBS`]); `None` reports none.
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives a token's log-probabilities list, as OpenAI allows.
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl Default for SamplingParams {
     fn default() -> Self {
@@ -41,6 +47,7 @@ impl Default for SamplingParams {
             seed: None,
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -75,10 +82,77 @@ impl SamplingParams {
                 self.repeat_penalty
             ));
         }
+        if let Some(n) = self.logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return invalid(format!(
+                "at most {MAX_TOP_LOGPROBS} top log-probabilities per token, got {n}"
+            ));
+        }
         if self.stop.iter().any(String::is_empty) {
             return invalid("stop sequences must not be empty".into());
         }
         Ok(())
+    }
+}
+
+/// A sampled token's log-probability and the most likely tokens', in the model's own
+/// distribution: the logits before the repeat penalty, temperature and truncation, as OpenAI
+/// and vLLM report them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprobs {
+    pub token: Scored,
+    /// Most likely first (ties: lower id first).
+    pub top: Vec<Scored>,
+}
+
+/// A token, its text where it stands (special tokens shown), and its log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+}
+
+impl Logprobs {
+    /// From the last position's `logits`, for the sampled `token` and the `top` most likely;
+    /// `text` names a token.
+    pub(crate) fn of(
+        logits: &Tensor,
+        token: u32,
+        top: usize,
+        text: impl Fn(u32) -> String,
+    ) -> Result<Self> {
+        let logits: Vec<f32> = logits
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let log_total = f64::from(max) + sum.ln();
+        let scored = |id: u32| Scored {
+            id,
+            text: text(id),
+            logprob: logits
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&l| (f64::from(l) - log_total) as f32),
+        };
+        let more_likely = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+        let top = top.min(ids.len());
+        if top > 0 && top < ids.len() {
+            ids.select_nth_unstable_by(top - 1, more_likely);
+        }
+        ids.truncate(top);
+        ids.sort_unstable_by(more_likely);
+        Ok(Self {
+            token: scored(token),
+            top: ids.into_iter().map(scored).collect(),
+        })
     }
 }
 
@@ -194,6 +268,52 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_raw_logits_most_likely_first() {
+        let logits = Tensor::new(&[1.0f32, 3.0, 2.0, 3.0, -1.0], &candle_core::Device::Cpu)
+            .expect("a tensor");
+        let total: f64 = [1.0f64, 3.0, 2.0, 3.0, -1.0].iter().map(|l| l.exp()).sum();
+        let expected = |l: f64| (l - total.ln()) as f32;
+        let text = |id: u32| format!("t{id}");
+        let logprobs = Logprobs::of(&logits, 2, 3, text).expect("logprobs");
+        assert!(
+            (logprobs.token.logprob - expected(2.0)).abs() < 1e-6,
+            "{logprobs:?}"
+        );
+        assert_eq!(logprobs.token.text, "t2");
+        // Ties keep the lower id first.
+        let ids: Vec<u32> = logprobs.top.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [1, 3, 2]);
+        for t in &logprobs.top {
+            let raw = [1.0, 3.0, 2.0, 3.0, -1.0][t.id as usize];
+            assert!((t.logprob - expected(raw)).abs() < 1e-6, "{logprobs:?}");
+            assert_eq!(t.text, text(t.id));
+        }
+        assert!(
+            Logprobs::of(&logits, 4, 0, text)
+                .expect("logprobs")
+                .top
+                .is_empty()
+        );
+        assert_eq!(
+            Logprobs::of(&logits, 4, 20, text)
+                .expect("logprobs")
+                .top
+                .len(),
+            5
+        );
+    }
+
+    #[test]
+    fn more_top_logprobs_than_allowed_are_refused() {
+        let params = SamplingParams {
+            logprobs: Some(MAX_TOP_LOGPROBS + 1),
+            ..SamplingParams::default()
+        };
+        let message = params.validate().expect_err("refused").to_string();
+        assert!(message.contains("20"), "{message}");
+    }
 
     fn run(stops: &[&str], deltas: &[&str]) -> (String, bool) {
         let mut m = StopMatcher::new(stops.iter().map(|s| s.to_string()).collect());

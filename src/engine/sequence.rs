@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::Counters;
 use super::kv::{Admission, BlockTable, KvManager};
 use super::model::Segment;
-use super::sampling::{Sampler, SamplingParams, StopCheck, StopMatcher};
+use super::sampling::{Logprobs, Sampler, SamplingParams, StopCheck, StopMatcher};
 use super::stream::{FinishReason, Summary, Token, TokenEvent};
 use super::tokenizer::Detokenizer;
 
@@ -224,6 +224,19 @@ impl<'t> Sequence<'t> {
         self.counters.tokens.fetch_add(1, Relaxed);
         self.first_token.get_or_insert_with(Instant::now);
         let eos = !self.job.params.ignore_eos && stop_ids.contains(&token);
+        // Of the tokens whose text is output: not of an end-of-sequence token.
+        let logprobs = match self.job.params.logprobs {
+            Some(top) if !eos => {
+                match Logprobs::of(logits, token, top, |id| self.decoder.piece(id)) {
+                    Ok(logprobs) => Some(logprobs),
+                    Err(e) => {
+                        self.finish(FinishReason::Error, Some(format!("log-probabilities: {e}")));
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
         let last = eos || self.generated >= self.job.params.max_tokens;
         let mut text = String::new();
         if !eos {
@@ -242,27 +255,28 @@ impl<'t> Sequence<'t> {
         }
         match self.stops.push(&text) {
             StopCheck::Stop(text) => {
-                self.emit(token, text);
+                self.emit(token, text, logprobs);
                 self.finish(FinishReason::Stop, None);
             }
             StopCheck::Continue(text) if last => {
                 let text = text + &self.stops.flush();
-                self.emit(token, text);
+                self.emit(token, text, logprobs);
                 let reason = match eos {
                     true => FinishReason::Stop,
                     false => FinishReason::Length,
                 };
                 self.finish(reason, None);
             }
-            StopCheck::Continue(text) => self.emit(token, text),
+            StopCheck::Continue(text) => self.emit(token, text, logprobs),
         }
     }
 
-    fn emit(&mut self, id: u32, text: String) {
+    fn emit(&mut self, id: u32, text: String, logprobs: Option<Logprobs>) {
         let event = TokenEvent::Token(Token {
             id,
             text,
             index: self.generated,
+            logprobs,
         });
         // The channel has room for every event of the request, so a send fails only when the
         // caller dropped the stream, which the next step treats as a cancellation.

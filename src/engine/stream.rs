@@ -8,6 +8,8 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use super::sampling::Logprobs;
+
 // These doc comments are also the MCP tools' schema descriptions: no intra-doc links.
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -39,12 +41,14 @@ impl std::fmt::Display for FinishReason {
 /// to be the start of a stop sequence (the held text arrives with a later token). A generation
 /// that ends inside a multi-byte character drops its incomplete bytes: text is only ever whole
 /// characters, and `id` still records every token.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Token {
     pub id: u32,
     pub text: String,
     /// 1-based count of tokens generated so far, this one included.
     pub index: usize,
+    /// Present when the request asked for them (`SamplingParams::logprobs`).
+    pub logprobs: Option<Logprobs>,
 }
 
 /// The last event of every generation.

@@ -11,7 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{CallToolRequestParams, ClientJsonRpcMessage};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::jsonrpc;
 
 /// The whole body, for a layer that must read it before passing the request on; the body limit
 /// layer in front has already bounded its size, so a failure is a body past that limit.
@@ -69,8 +71,7 @@ pub async fn reject_malformed(request: Request, next: Next) -> Response {
 /// HTTP 400 with a JSON-RPC error and no id: the body never got as far as a request rmcp could
 /// answer.
 fn invalid(code: i32, message: String) -> Response {
-    let error =
-        json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+    let error = jsonrpc::error(None, code, message, None);
     (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
 }
 
@@ -91,7 +92,6 @@ fn tool_call_params(message: &Value) -> Option<Response> {
         "Invalid params for tools/call ({problem}): it needs \"params\": {{\"name\": a tool, \
          \"arguments\": an object}}"
     );
-    let error =
-        json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32602, "message": message } });
+    let error = jsonrpc::error(Some(id), -32602, message, None);
     Some(axum::Json(error).into_response())
 }

@@ -30,13 +30,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::ServerState;
+use super::generation::Generation;
 use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
     ChatMessage, FinishReason, GenerateRequest, ModelStatus, SamplingParams, Summary, TokenEvent,
 };
 use crate::error::Error;
-use crate::registry::ModelSelector;
 
 /// Sampling options shared by `generate` and `chat`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -231,53 +231,42 @@ impl WickMcp {
         request: GenerateRequest,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let selector = match self.state.selector(model) {
-            Ok(selector) => selector,
-            Err(e) => return Ok(tool_error(&e)),
-        };
         // Tracked so that a graceful shutdown lets this generation finish.
-        let work = self.stream(selector, request, ctx);
+        let work = self.stream(model, request, ctx);
         self.state.in_flight.track_future(work).await
     }
 
     async fn stream(
         &self,
-        selector: ModelSelector,
+        model: Option<&str>,
         request: GenerateRequest,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
-        let engine = match self.state.manager.get(&selector).await {
-            Ok(engine) => engine,
-            Err(e) => return Ok(tool_error(&e)),
-        };
         // The legacy SSE transport marks its requests; everything else came through /mcp.
         let frontend = ctx
             .extensions
             .get::<Frontend>()
             .copied()
             .unwrap_or(Frontend::Mcp);
-        let metrics = &self.state.metrics;
         let total = request.params.max_tokens as f64;
-        let (cancel, _link) = self.state.generation_token(&ctx.ct);
-        let mut tokens = match engine.generate(request.with_cancel(cancel)) {
-            Ok(tokens) => metrics.observe(&engine, frontend, tokens),
-            Err(e @ Error::Busy { .. }) => {
-                metrics.refused(&engine, frontend, &e);
-                return Err(McpError::new(
-                    ErrorCode(-32000),
-                    e.to_string(),
-                    Some(serde_json::json!({ "reason": "busy", "model": engine.info().name })),
-                ));
-            }
-            Err(e) => {
-                metrics.refused(&engine, frontend, &e);
-                return Ok(tool_error(&e));
+        let started = Generation::start(&self.state, frontend, model, request, Some(&ctx.ct));
+        let mut generation = match started.await {
+            Ok(generation) => generation,
+            Err(error) => {
+                return match &error {
+                    Error::Busy { model, .. } => Err(McpError::new(
+                        ErrorCode(-32000),
+                        error.to_string(),
+                        Some(serde_json::json!({ "reason": "busy", "model": model })),
+                    )),
+                    _ => Ok(tool_error(&error)),
+                };
             }
         };
         let progress_token = ctx.meta.get_progress_token();
         let mut text = String::new();
         let mut summary = None;
-        while let Some(event) = tokens.next().await {
+        while let Some(event) = generation.tokens.next().await {
             match event {
                 TokenEvent::Token(token) if !token.text.is_empty() => {
                     text.push_str(&token.text);
@@ -296,26 +285,10 @@ impl WickMcp {
                 TokenEvent::Done(done) => summary = Some(done),
             }
         }
-        let mut summary =
-            summary.unwrap_or_else(|| Summary::failed("the generation ended without a summary"));
-        if summary.finish_reason == FinishReason::Cancelled {
-            if self.state.cut_off() {
-                summary.error = Some(CUT_OFF.to_string());
-            } else {
-                tracing::info!(
-                    tokens = summary.completion_tokens,
-                    "generation cancelled by the client"
-                );
-            }
-        }
-        Ok(result(text, summary, &engine.info().name))
+        let summary = Generation::settle(&self.state, summary);
+        Ok(result(text, summary, &generation.engine.info().name))
     }
 }
-
-/// Why a call still running when a shutdown's grace period ended has no complete result.
-const CUT_OFF: &str = "the server is shutting down and cut this generation off at the end of \
-                       its grace period (--shutdown-grace); the partial text is in the structured \
-                       result; retry on another replica";
 
 /// The tool result of a generation: its text, or its error (a failure, or a cut-off partial
 /// text), with the structured result either way.
@@ -335,7 +308,10 @@ fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
             "generation failed: {}",
             error.as_deref().unwrap_or("unknown error")
         ))]),
-        (_, Some(error)) => CallToolResult::error(vec![ContentBlock::text(error)]),
+        // Cut off: the partial text is still in the structured result.
+        (_, Some(error)) => CallToolResult::error(vec![ContentBlock::text(format!(
+            "{error}; the partial text is in the structured result"
+        ))]),
         (_, None) => CallToolResult::success(vec![ContentBlock::text(text)]),
     };
     result.structured_content = serde_json::to_value(structured).ok();

@@ -4,7 +4,9 @@
 
 mod access;
 mod connections;
+mod generation;
 mod invalid_argument;
+mod jsonrpc;
 mod malformed;
 pub mod mcp;
 pub mod metrics;

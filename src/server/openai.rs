@@ -2,7 +2,7 @@
 //! the same engine and token stream as the MCP tools.
 //!
 //! Every field OpenAI defines is either honoured or refused: a value wick cannot honour
-//! (`n: 2`, `logprobs: true`, tools…) and a field OpenAI does not define both get a 400 naming
+//! (`n: 2`, `echo: true`, tools…) and a field OpenAI does not define both get a 400 naming
 //! the field, as OpenAI itself answers unknown fields. Sampling defaults are OpenAI's
 //! (temperature 1, top_p 1, no repeat penalty), and `max_tokens` defaults to 256 as on MCP.
 //! A client that disconnects drops the token stream, which stops its generation at the next
@@ -26,10 +26,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use super::ServerState;
+use super::generation::Generation;
 use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
-    ChatMessage, FinishReason, GenerateRequest, Input, SamplingParams, Summary, TokenEvent,
+    ChatMessage, FinishReason, GenerateRequest, Input, MAX_TOP_LOGPROBS, SamplingParams, Scored,
+    Summary, Token, TokenEvent,
 };
 use crate::error::Error;
 
@@ -266,11 +268,10 @@ fn check_fields(body: &Map<String, Value>, own: &[&str]) -> Result<(), ApiError>
                 value.is_null() || is(json!(1)),
                 "wick generates one choice per request",
             ),
-            "logprobs" | "echo" => (
-                value.is_null() || is(json!(false)) || is(json!(0)),
-                "wick does not return log probabilities or echo the prompt",
+            "echo" => (
+                value.is_null() || is(json!(false)),
+                "wick does not echo the prompt",
             ),
-            "top_logprobs" => (value.is_null(), "wick does not return log probabilities"),
             "suffix" => (value.is_null(), "wick does not insert text"),
             "presence_penalty" | "frequency_penalty" => (
                 value.is_null() || value.as_f64() == Some(0.0),
@@ -334,6 +335,9 @@ fn object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 #[derive(Debug, Deserialize)]
 struct ChatBody {
     messages: Vec<Message>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,6 +362,18 @@ struct ContentPart {
 }
 
 impl ChatBody {
+    /// How many alternatives each token's log-probabilities list, if they were asked for.
+    fn logprobs(&self) -> Result<Option<usize>, ApiError> {
+        match (self.logprobs, self.top_logprobs) {
+            (false, Some(n)) if n > 0 => Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true".into(),
+            )),
+            (false, _) => Ok(None),
+            (true, n) => top_logprobs("top_logprobs", n.unwrap_or(0)).map(Some),
+        }
+    }
+
     fn messages(self) -> Result<Vec<ChatMessage>, ApiError> {
         self.messages
             .into_iter()
@@ -414,6 +430,19 @@ impl ChatBody {
 #[derive(Debug, Deserialize)]
 struct CompletionBody {
     prompt: Prompt,
+    /// The alternatives each token's log-probabilities list (0: the token's own only).
+    logprobs: Option<usize>,
+}
+
+/// `n` alternatives for `field`, within what OpenAI allows.
+fn top_logprobs(field: &str, n: usize) -> Result<usize, ApiError> {
+    if n > MAX_TOP_LOGPROBS {
+        return Err(ApiError::invalid(
+            Some(field),
+            format!("{field} must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+        ));
+    }
+    Ok(n)
 }
 
 /// A prompt as OpenAI takes it; wick answers one prompt per request.
@@ -465,11 +494,13 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = object(&body)?;
-    check_fields(&body, &["messages"])?;
+    check_fields(&body, &["messages", "logprobs", "top_logprobs"])?;
     let options: Options = parse(&body)?;
     options.check()?;
-    let messages = parse::<ChatBody>(&body)?.messages()?;
-    generate(&state, Endpoint::Chat, options, Input::Chat(messages)).await
+    let chat = parse::<ChatBody>(&body)?;
+    let logprobs = chat.logprobs()?;
+    let input = Input::Chat(chat.messages()?);
+    generate(&state, Endpoint::Chat, options, input, logprobs).await
 }
 
 async fn completions(
@@ -477,33 +508,33 @@ async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = object(&body)?;
-    check_fields(&body, &["prompt"])?;
+    check_fields(&body, &["prompt", "logprobs"])?;
     let options: Options = parse(&body)?;
     options.check()?;
-    let input = parse::<CompletionBody>(&body)?.prompt.input()?;
-    generate(&state, Endpoint::Completions, options, input).await
+    let completion = parse::<CompletionBody>(&body)?;
+    let logprobs = match completion.logprobs {
+        Some(n) => Some(top_logprobs("logprobs", n)?),
+        None => None,
+    };
+    let input = completion.prompt.input()?;
+    generate(&state, Endpoint::Completions, options, input, logprobs).await
 }
 
 async fn generate(
-    state: &ServerState,
+    state: &Arc<ServerState>,
     endpoint: Endpoint,
     options: Options,
     input: Input,
+    logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
-    let selector = state.selector(options.model.as_deref())?;
-    let engine = state.manager.get(&selector).await?;
-    // Cut off, like MCP calls, when a shutdown's grace period is over.
-    let request = GenerateRequest::new(input)
-        .with_params(options.params())
-        .with_cancel(state.shutdown.cut_off.child_token());
-    let metrics = &state.metrics;
-    let tokens = match engine.generate(request) {
-        Ok(tokens) => metrics.observe(&engine, Frontend::Openai, tokens),
-        Err(e) => {
-            metrics.refused(&engine, Frontend::Openai, &e);
-            return Err(e.into());
-        }
+    let params = SamplingParams {
+        logprobs,
+        ..options.params()
     };
+    let request = GenerateRequest::new(input).with_params(params);
+    // A client that goes away drops the token stream, which ends the generation.
+    let model = options.model.as_deref();
+    let generation = Generation::start(state, Frontend::Openai, model, request, None).await?;
     let reply = Reply {
         endpoint,
         id: format!(
@@ -515,12 +546,14 @@ async fn generate(
             uuid::Uuid::new_v4().simple()
         ),
         created: chrono::Utc::now().timestamp(),
-        model: engine.info().name.clone(),
+        model: generation.engine.info().name.clone(),
     };
     if options.stream {
-        Ok(stream(reply, tokens, options.include_usage()).into_response())
+        let state = Arc::clone(state);
+        let usage = options.include_usage();
+        Ok(stream(state, reply, generation, usage, logprobs.is_some()).into_response())
     } else {
-        whole(reply, tokens).await
+        whole(state, reply, generation, logprobs.is_some()).await
     }
 }
 
@@ -551,7 +584,14 @@ impl Reply {
         })
     }
 
-    fn chunk(&self, text: &str, role: bool, finish: Option<FinishReason>) -> Value {
+    /// A streamed chunk; `logprobs` are those of the tokens whose text it carries.
+    fn chunk(
+        &self,
+        text: &str,
+        role: bool,
+        finish: Option<FinishReason>,
+        logprobs: Value,
+    ) -> Value {
         let finish_reason = finish.map(|f| f.to_string());
         match self.endpoint {
             Endpoint::Chat => {
@@ -562,17 +602,17 @@ impl Reply {
                 };
                 self.envelope(
                     self.chunk_object(),
-                    json!([{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }]),
+                    json!([{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason }]),
                 )
             }
             Endpoint::Completions => self.envelope(
                 self.chunk_object(),
-                json!([{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason }]),
+                json!([{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason }]),
             ),
         }
     }
 
-    fn whole(&self, text: String, summary: &Summary) -> Value {
+    fn whole(&self, text: String, summary: &Summary, logprobs: Value) -> Value {
         let finish_reason = summary.finish_reason.to_string();
         let mut reply = match self.endpoint {
             Endpoint::Chat => self.envelope(
@@ -580,17 +620,75 @@ impl Reply {
                 json!([{
                     "index": 0,
                     "message": { "role": "assistant", "content": text },
-                    "logprobs": null,
+                    "logprobs": logprobs,
                     "finish_reason": finish_reason,
                 }]),
             ),
             Endpoint::Completions => self.envelope(
                 "text_completion",
-                json!([{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason }]),
+                json!([{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason }]),
             ),
         };
         reply["usage"] = usage(summary);
         reply
+    }
+}
+
+/// Tokens' log-probabilities in the endpoint's shape, built as the tokens come: chat's
+/// `{content: [{token, logprob, bytes, top_logprobs}]}`, completions' parallel lists `tokens`,
+/// `token_logprobs`, `top_logprobs` (a token text → log-probability map) and `text_offset`.
+#[derive(Default)]
+struct LogprobsOut {
+    /// Chat entries, or completions' tokens.
+    entries: Vec<Value>,
+    logprobs: Vec<f32>,
+    tops: Vec<Value>,
+    offsets: Vec<usize>,
+    /// Characters of token text so far, for `text_offset`.
+    offset: usize,
+}
+
+impl LogprobsOut {
+    fn push(&mut self, endpoint: Endpoint, token: &Token) {
+        let Some(logprobs) = &token.logprobs else {
+            return;
+        };
+        let own = &logprobs.token;
+        match endpoint {
+            Endpoint::Chat => {
+                let entry = |t: &Scored| json!({ "token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes() });
+                let mut value = entry(own);
+                value["top_logprobs"] = logprobs.top.iter().map(entry).collect();
+                self.entries.push(value);
+            }
+            Endpoint::Completions => {
+                let top: Map<String, Value> = logprobs
+                    .top
+                    .iter()
+                    .map(|t| (t.text.clone(), json!(t.logprob)))
+                    .collect();
+                self.offsets.push(self.offset);
+                self.offset += own.text.chars().count();
+                self.entries.push(own.text.clone().into());
+                self.logprobs.push(own.logprob);
+                self.tops.push(top.into());
+            }
+        }
+    }
+
+    /// The tokens pushed since the last call, as the `logprobs` of a choice.
+    fn take(&mut self, endpoint: Endpoint) -> Value {
+        match endpoint {
+            Endpoint::Chat => {
+                json!({ "content": std::mem::take(&mut self.entries), "refusal": null })
+            }
+            Endpoint::Completions => json!({
+                "tokens": std::mem::take(&mut self.entries),
+                "token_logprobs": std::mem::take(&mut self.logprobs),
+                "top_logprobs": std::mem::take(&mut self.tops),
+                "text_offset": std::mem::take(&mut self.offsets),
+            }),
+        }
     }
 }
 
@@ -607,53 +705,60 @@ fn usage(summary: &Summary) -> Value {
 
 /// A generation that did not end with `stop` or `length`, as the error the client gets.
 fn failure(summary: &Summary) -> Option<ApiError> {
+    let error = || {
+        summary
+            .error
+            .clone()
+            .unwrap_or_else(|| "unknown error".into())
+    };
     match summary.finish_reason {
         FinishReason::Stop | FinishReason::Length => None,
         // The client is still here, so the server cut the generation off.
-        FinishReason::Cancelled => Some(ApiError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and cut this generation off at the end of its grace \
-             period (--shutdown-grace); retry on another replica"
-                .into(),
-        )),
+        FinishReason::Cancelled => Some(ApiError::server(StatusCode::SERVICE_UNAVAILABLE, error())),
         FinishReason::Error => Some(ApiError::server(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!(
-                "generation failed: {}",
-                summary.error.as_deref().unwrap_or("unknown error")
-            ),
+            format!("generation failed: {}", error()),
         )),
     }
 }
 
 async fn whole(
+    state: &ServerState,
     reply: Reply,
-    mut tokens: impl Stream<Item = TokenEvent> + Unpin,
+    mut generation: Generation,
+    want_logprobs: bool,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
-    while let Some(event) = tokens.next().await {
+    let mut logprobs = LogprobsOut::default();
+    let mut summary = None;
+    while let Some(event) = generation.tokens.next().await {
         match event {
-            TokenEvent::Token(token) => text.push_str(&token.text),
-            TokenEvent::Done(summary) => {
-                if let Some(error) = failure(&summary) {
-                    return Err(error);
-                }
-                return Ok(Json(reply.whole(text, &summary)).into_response());
+            TokenEvent::Token(token) => {
+                text.push_str(&token.text);
+                logprobs.push(reply.endpoint, &token);
             }
+            TokenEvent::Done(done) => summary = Some(done),
         }
     }
-    Err(ApiError::server(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "the generation ended without a summary".into(),
-    ))
+    let summary = Generation::settle(state, summary);
+    let logprobs = match want_logprobs {
+        true => logprobs.take(reply.endpoint),
+        false => Value::Null,
+    };
+    match failure(&summary) {
+        Some(error) => Err(error),
+        None => Ok(Json(reply.whole(text, &summary, logprobs)).into_response()),
+    }
 }
 
 /// OpenAI's event stream: a first chunk with the role, one chunk per text delta, a last chunk
 /// with the finish reason, the usage chunk when asked for, then `[DONE]`.
 fn stream(
+    state: Arc<ServerState>,
     reply: Reply,
-    mut tokens: impl Stream<Item = TokenEvent> + Unpin + Send + 'static,
+    mut generation: Generation,
     include_usage: bool,
+    want_logprobs: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let event = |value: Value| Ok(Event::default().data(value.to_string()));
     let with_usage = move |mut chunk: Value| {
@@ -662,27 +767,41 @@ fn stream(
         }
         chunk
     };
+    // A token whose text is held back (a stop sequence may begin there) has its
+    // log-probabilities sent with the next chunk that carries text.
+    let mut logprobs = LogprobsOut::default();
+    let take = move |logprobs: &mut LogprobsOut, endpoint| match want_logprobs {
+        true => logprobs.take(endpoint),
+        false => Value::Null,
+    };
     let events = async_stream::stream! {
         if reply.endpoint == Endpoint::Chat {
-            yield event(with_usage(reply.chunk("", true, None)));
+            yield event(with_usage(reply.chunk("", true, None, Value::Null)));
         }
-        while let Some(next) = tokens.next().await {
+        let mut summary = None;
+        while let Some(next) = generation.tokens.next().await {
             match next {
-                TokenEvent::Token(token) if !token.text.is_empty() => {
-                    yield event(with_usage(reply.chunk(&token.text, false, None)));
+                TokenEvent::Token(token) => {
+                    logprobs.push(reply.endpoint, &token);
+                    if !token.text.is_empty() {
+                        let logprobs = take(&mut logprobs, reply.endpoint);
+                        yield event(with_usage(reply.chunk(&token.text, false, None, logprobs)));
+                    }
                 }
-                TokenEvent::Token(_) => {}
-                TokenEvent::Done(summary) => {
-                    if let Some(error) = failure(&summary) {
-                        yield event(error.body());
-                        break;
-                    }
-                    yield event(with_usage(reply.chunk("", false, Some(summary.finish_reason))));
-                    if include_usage {
-                        let mut last = reply.envelope(reply.chunk_object(), json!([]));
-                        last["usage"] = usage(&summary);
-                        yield event(last);
-                    }
+                TokenEvent::Done(done) => summary = Some(done),
+            }
+        }
+        let summary = Generation::settle(&state, summary);
+        match failure(&summary) {
+            Some(error) => yield event(error.body()),
+            None => {
+                let rest = take(&mut logprobs, reply.endpoint);
+                let finish = Some(summary.finish_reason);
+                yield event(with_usage(reply.chunk("", false, finish, rest)));
+                if include_usage {
+                    let mut last = reply.envelope(reply.chunk_object(), json!([]));
+                    last["usage"] = usage(&summary);
+                    yield event(last);
                 }
             }
         }

@@ -4,11 +4,10 @@
 //! at `/mcp` and `/sse` (the MCP SDKs surface a JSON-RPC error body at any status), plain text
 //! elsewhere (`/metrics`, `/health`).
 
+use super::jsonrpc;
+use super::openai::ApiError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
-
-use super::openai::ApiError;
 
 /// `status` with `message`, in the shape of the front end at `path`.
 pub fn refusal(path: &str, status: StatusCode, message: String) -> Response {
@@ -21,7 +20,7 @@ pub fn refusal(path: &str, status: StatusCode, message: String) -> Response {
             } else {
                 -32001
             };
-            let error = json!({ "jsonrpc": "2.0", "id": null, "error": { "code": code, "message": message } });
+            let error = jsonrpc::error(None, code, message, None);
             (status, axum::Json(error)).into_response()
         }
         Frontend::Other => (status, message).into_response(),

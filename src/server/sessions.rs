@@ -20,6 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::jsonrpc;
 use super::malformed;
 use super::resume::ResumableSessions;
 use super::sse_legacy;
@@ -77,11 +78,12 @@ impl SessionLimit {
         let mut response = match id {
             Some(id) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({
-                    "jsonrpc": "2.0",
-                    "id": id,
-                    "error": { "code": -32000, "message": message, "data": { "reason": "max_sessions" } },
-                })),
+                axum::Json(jsonrpc::error(
+                    Some(id),
+                    -32000,
+                    message,
+                    Some(json!({ "reason": "max_sessions" })),
+                )),
             )
                 .into_response(),
             None => (StatusCode::SERVICE_UNAVAILABLE, message).into_response(),

@@ -9,6 +9,7 @@ usage: openai_client.py BASE_URL MODE [API_KEY]
                 (served)
         three   three completions, one streamed, printing their usage
         metrics /metrics parsed with prometheus_client's own parser
+        logprobs  log-probabilities on both endpoints, whole and streamed, and their refusals
 """
 
 import json
@@ -82,7 +83,7 @@ def main():
     emit("LENGTH", {"finish": length.choices[0].finish_reason, "usage": length.usage.model_dump()})
 
     emit("REFUSED_N", refusal(lambda: api.chat.completions.create(model=MODEL, messages=CHAT, n=2)))
-    emit("REFUSED_LOGPROBS", refusal(lambda: api.chat.completions.create(model=MODEL, messages=CHAT, logprobs=True)))
+    emit("REFUSED_ECHO", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, echo=True)))
     emit("REFUSED_UNKNOWN", refusal(lambda: api.chat.completions.create(
         model=MODEL, messages=CHAT, extra_body={"mirostat": 2})))
     emit("REFUSED_TYPE", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, max_tokens=-1)))
@@ -144,6 +145,39 @@ def three():
             emit("USAGE", chunk.usage.model_dump())
 
 
+def logprobs():
+    api = client()
+    greedy = dict(model=MODEL, max_tokens=12, temperature=0)
+    whole = api.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=5, **greedy)
+    emit("CHAT", {"text": whole.choices[0].message.content,
+                  "content": [t.model_dump() for t in whole.choices[0].logprobs.content]})
+    streamed = []
+    for chunk in api.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=5, stream=True, **greedy):
+        if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+            streamed += [t.model_dump() for t in chunk.choices[0].logprobs.content]
+    emit("CHAT_STREAM", streamed)
+    sampled = api.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, temperature=1, seed=7,
+                                          logprobs=True, top_logprobs=3)
+    emit("SAMPLED", [t.model_dump() for t in sampled.choices[0].logprobs.content])
+    plain = api.chat.completions.create(messages=CHAT, **greedy)
+    emit("PLAIN", {"logprobs": plain.choices[0].logprobs})
+
+    prompt = "The capital of France is"
+    text = api.completions.create(prompt=prompt, logprobs=3, **greedy)
+    emit("COMPLETION", {"text": text.choices[0].text, "logprobs": text.choices[0].logprobs.model_dump()})
+    tokens = []
+    for chunk in api.completions.create(prompt=prompt, logprobs=3, stream=True, **greedy):
+        if chunk.choices and chunk.choices[0].logprobs:
+            tokens += chunk.choices[0].logprobs.tokens
+    emit("COMPLETION_STREAM", tokens)
+
+    emit("REFUSED_TOP", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=CHAT, logprobs=True, top_logprobs=21)))
+    emit("REFUSED_TOP_ALONE", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=CHAT, top_logprobs=2)))
+    emit("REFUSED_COMPLETION", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, logprobs=30)))
+
+
 def metrics():
     request = urllib.request.Request(f"{BASE}/metrics")
     if KEY != "unused":
@@ -160,4 +194,5 @@ def metrics():
     emit("METRICS", {"content_type": content_type, "families": families, "samples": samples})
 
 
-{"main": main, "ids": ids, "abort": abort, "auth": auth, "three": three, "metrics": metrics}[MODE]()
+{"main": main, "ids": ids, "abort": abort, "auth": auth, "three": three, "metrics": metrics,
+ "logprobs": logprobs}[MODE]()
