@@ -636,9 +636,11 @@ impl Reply {
 
 /// Tokens' log-probabilities in the endpoint's shape, built as the tokens come: chat's
 /// `{content: [{token, logprob, bytes, top_logprobs}]}`, completions' parallel lists `tokens`,
-/// `token_logprobs`, `top_logprobs` (a token text → log-probability map) and `text_offset`.
-#[derive(Default)]
+/// `token_logprobs`, `top_logprobs` (a token text → log-probability map) and `text_offset`;
+/// `null` where the request asked for none.
 struct LogprobsOut {
+    endpoint: Endpoint,
+    wanted: bool,
     /// Chat entries, or completions' tokens.
     entries: Vec<Value>,
     logprobs: Vec<f32>,
@@ -649,12 +651,24 @@ struct LogprobsOut {
 }
 
 impl LogprobsOut {
-    fn push(&mut self, endpoint: Endpoint, token: &Token) {
+    fn new(endpoint: Endpoint, wanted: bool) -> Self {
+        Self {
+            endpoint,
+            wanted,
+            entries: Vec::new(),
+            logprobs: Vec::new(),
+            tops: Vec::new(),
+            offsets: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    fn push(&mut self, token: &Token) {
         let Some(logprobs) = &token.logprobs else {
             return;
         };
         let own = &logprobs.token;
-        match endpoint {
+        match self.endpoint {
             Endpoint::Chat => {
                 let entry = |t: &Scored| json!({ "token": t.text, "logprob": t.logprob, "bytes": t.text.as_bytes() });
                 let mut value = entry(own);
@@ -677,8 +691,11 @@ impl LogprobsOut {
     }
 
     /// The tokens pushed since the last call, as the `logprobs` of a choice.
-    fn take(&mut self, endpoint: Endpoint) -> Value {
-        match endpoint {
+    fn take(&mut self) -> Value {
+        if !self.wanted {
+            return Value::Null;
+        }
+        match self.endpoint {
             Endpoint::Chat => {
                 json!({ "content": std::mem::take(&mut self.entries), "refusal": null })
             }
@@ -729,25 +746,21 @@ async fn whole(
     want_logprobs: bool,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
-    let mut logprobs = LogprobsOut::default();
+    let mut logprobs = LogprobsOut::new(reply.endpoint, want_logprobs);
     let mut summary = None;
     while let Some(event) = generation.tokens.next().await {
         match event {
             TokenEvent::Token(token) => {
                 text.push_str(&token.text);
-                logprobs.push(reply.endpoint, &token);
+                logprobs.push(&token);
             }
             TokenEvent::Done(done) => summary = Some(done),
         }
     }
     let summary = Generation::settle(state, summary);
-    let logprobs = match want_logprobs {
-        true => logprobs.take(reply.endpoint),
-        false => Value::Null,
-    };
     match failure(&summary) {
         Some(error) => Err(error),
-        None => Ok(Json(reply.whole(text, &summary, logprobs)).into_response()),
+        None => Ok(Json(reply.whole(text, &summary, logprobs.take())).into_response()),
     }
 }
 
@@ -769,11 +782,7 @@ fn stream(
     };
     // A token whose text is held back (a stop sequence may begin there) has its
     // log-probabilities sent with the next chunk that carries text.
-    let mut logprobs = LogprobsOut::default();
-    let take = move |logprobs: &mut LogprobsOut, endpoint| match want_logprobs {
-        true => logprobs.take(endpoint),
-        false => Value::Null,
-    };
+    let mut logprobs = LogprobsOut::new(reply.endpoint, want_logprobs);
     let events = async_stream::stream! {
         if reply.endpoint == Endpoint::Chat {
             yield event(with_usage(reply.chunk("", true, None, Value::Null)));
@@ -782,10 +791,10 @@ fn stream(
         while let Some(next) = generation.tokens.next().await {
             match next {
                 TokenEvent::Token(token) => {
-                    logprobs.push(reply.endpoint, &token);
+                    logprobs.push(&token);
                     if !token.text.is_empty() {
-                        let logprobs = take(&mut logprobs, reply.endpoint);
-                        yield event(with_usage(reply.chunk(&token.text, false, None, logprobs)));
+                        let scored = logprobs.take();
+                        yield event(with_usage(reply.chunk(&token.text, false, None, scored)));
                     }
                 }
                 TokenEvent::Done(done) => summary = Some(done),
@@ -795,7 +804,7 @@ fn stream(
         match failure(&summary) {
             Some(error) => yield event(error.body()),
             None => {
-                let rest = take(&mut logprobs, reply.endpoint);
+                let rest = logprobs.take();
                 let finish = Some(summary.finish_reason);
                 yield event(with_usage(reply.chunk("", false, finish, rest)));
                 if include_usage {
