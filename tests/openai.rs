@@ -171,7 +171,8 @@ fn openai_sdk_chat_and_completions() {
 }
 
 /// Log-probabilities on both endpoints through the SDK's own types: greedy tokens are the most
-/// likely of their alternatives, the tokens join to the text, streamed equals whole.
+/// likely of their alternatives, the tokens join to the text, streamed equals whole, and the
+/// prompt's (`echo`) equal what generating the same tokens gave.
 #[test]
 fn openai_sdk_logprobs() {
     let server = ServerProcess::serve(&[]);
@@ -240,6 +241,57 @@ fn openai_sdk_logprobs() {
         assert!(close(&top[*token], &values[i]), "{logprobs}");
     }
     assert_eq!(one(&seen, "COMPLETION_STREAM"), &logprobs["tokens"]);
+
+    // `echo` with `max_tokens: 0` scores the prompt: every token but the first (`null`).
+    let echo = one(&seen, "ECHO");
+    let prompt = "The capital of France is";
+    assert_eq!(echo["text"], prompt);
+    assert_eq!(echo["usage"]["completion_tokens"], 0, "{echo}");
+    let scored = &echo["logprobs"];
+    let prompt_tokens = scored["tokens"].as_array().unwrap();
+    let joined: String = prompt_tokens.iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(joined, prompt);
+    assert_eq!(
+        echo["usage"]["prompt_tokens"],
+        prompt_tokens.len(),
+        "{echo}"
+    );
+    assert_eq!(scored["token_logprobs"][0], Value::Null);
+    assert_eq!(scored["top_logprobs"][0], Value::Null);
+    for i in 1..prompt_tokens.len() {
+        assert!(
+            scored["token_logprobs"][i].as_f64().unwrap() <= 0.0,
+            "{scored}"
+        );
+        let top = scored["top_logprobs"][i].as_object().unwrap();
+        assert!(!top.is_empty() && top.len() <= 2, "{scored}");
+    }
+    // The prompt followed by its greedy continuation: the echo scores the continuation's tokens
+    // as the generation did (the same rows of the same model; prompt rows and decode rows may
+    // take other kernels, hence the tolerance), and the prompt's as above.
+    let continued = one(&seen, "ECHO_CONTINUED");
+    let generated = completion["text"].as_str().unwrap();
+    assert_eq!(continued["text"], format!("{prompt}{generated}"));
+    let all = &continued["logprobs"];
+    let expected: Vec<&Value> = prompt_tokens
+        .iter()
+        .chain(logprobs["tokens"].as_array().unwrap())
+        .collect();
+    let tokens: Vec<&Value> = all["tokens"].as_array().unwrap().iter().collect();
+    assert_eq!(tokens, expected, "{continued}");
+    let values = all["token_logprobs"].as_array().unwrap();
+    let reference = scored["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(logprobs["token_logprobs"].as_array().unwrap());
+    for (i, (value, reference)) in values.iter().zip(reference).enumerate().skip(1) {
+        assert!(
+            close(value, reference),
+            "token {i}: {value} against {reference}"
+        );
+    }
+    assert_refused(one(&seen, "REFUSED_ECHO_STREAM"), 400, "echo");
 
     assert_refused(one(&seen, "REFUSED_TOP"), 400, "top_logprobs");
     assert_refused(one(&seen, "REFUSED_TOP_ALONE"), 400, "top_logprobs");

@@ -244,6 +244,7 @@ impl SamplingArgs {
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }

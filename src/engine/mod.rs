@@ -33,7 +33,7 @@ pub use kernel_hooks::{decode_rows_kernel, paged_attention_kernel, q8_0_rows_ker
 pub use manager::{ManagerConfig, ModelManager, ModelStatus};
 pub use request::{GenerateRequest, Input};
 pub use resolve::{ResolvedModel, Source};
-pub use sampling::{Logprobs, MAX_TOP_LOGPROBS, SamplingParams, Scored};
+pub use sampling::{Logprobs, MAX_TOP_LOGPROBS, PromptLogprobs, SamplingParams, Scored};
 pub use start::{KvDTypeChoice, LoadOptions};
 pub use stats::EngineStats;
 pub use stream::{Completion, FinishReason, Summary, Token, TokenEvent, TokenStream};

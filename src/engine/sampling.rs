@@ -30,6 +30,10 @@ pub struct SamplingParams {
     /// Report each sampled token's log-probability and those of this many most likely tokens
     /// (up to [`MAX_TOP_LOGPROBS`]); `None` reports none.
     pub logprobs: Option<usize>,
+    /// Also score the prompt: each of its tokens' log-probability (but the first's) and those
+    /// of this many most likely tokens, in the summary. The whole prompt is computed (no prefix
+    /// from the cache), and `max_tokens` may be 0 to score it only.
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// The most alternatives a token's log-probabilities list, as OpenAI allows.
@@ -48,6 +52,7 @@ impl Default for SamplingParams {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -64,8 +69,8 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         let invalid = |m: String| Err(Error::InvalidRequest(m));
-        if self.max_tokens == 0 {
-            return invalid("max_tokens must be at least 1".into());
+        if self.max_tokens == 0 && self.prompt_logprobs.is_none() {
+            return invalid("max_tokens must be at least 1 (0 only to score the prompt)".into());
         }
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return invalid(format!(
@@ -82,7 +87,7 @@ impl SamplingParams {
                 self.repeat_penalty
             ));
         }
-        if let Some(n) = self.logprobs
+        if let Some(n) = self.logprobs.max(self.prompt_logprobs)
             && n > MAX_TOP_LOGPROBS
         {
             return invalid(format!(
@@ -104,6 +109,15 @@ pub struct Logprobs {
     pub token: Scored,
     /// Most likely first (ties: lower id first).
     pub top: Vec<Scored>,
+}
+
+/// A prompt's log-probabilities: its first token has none (nothing comes before it); each
+/// other token's come from the logits of the position before it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptLogprobs {
+    /// The first token's text.
+    pub first: String,
+    pub rest: Vec<Logprobs>,
 }
 
 /// A token, its text where it stands (special tokens shown), and its log-probability.

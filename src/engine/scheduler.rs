@@ -114,7 +114,9 @@ impl<'t> Scheduler<'t> {
                 continue;
             }
             let admission = match self.room() {
-                true => self.kv.admit(&job.prompt, self.reserve()),
+                true => self
+                    .kv
+                    .admit(&job.prompt, self.reserve(), job.shares_prefix()),
                 false => None,
             };
             let Some(admission) = admission else {
@@ -149,7 +151,10 @@ impl<'t> Scheduler<'t> {
 
     fn readmit(&mut self, seq: &mut Sequence<'t>) -> bool {
         let reserve = self.reserve();
-        match self.kv.admit(&seq.job.prompt, reserve) {
+        match self
+            .kv
+            .admit(&seq.job.prompt, reserve, seq.job.shares_prefix())
+        {
             Some(admission) => {
                 seq.resume(admission);
                 true

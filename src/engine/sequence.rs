@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Counters;
 use super::kv::{Admission, BlockTable, KvManager};
-use super::model::Segment;
-use super::sampling::{Logprobs, Sampler, SamplingParams, StopCheck, StopMatcher};
+use super::model::{Logits, Segment};
+use super::sampling::{Logprobs, PromptLogprobs, Sampler, SamplingParams, StopCheck, StopMatcher};
 use super::stream::{FinishReason, Summary, Token, TokenEvent};
-use super::tokenizer::Detokenizer;
+use super::tokenizer::{self, Detokenizer};
 
 /// One admitted request, as the engine thread receives it.
 pub(crate) struct Job {
@@ -33,6 +33,12 @@ impl Job {
     pub fn abandoned(&self) -> bool {
         self.cancel.is_cancelled() || self.events.is_closed()
     }
+
+    /// Whether its prompt may start from cached blocks: not when the prompt's own
+    /// log-probabilities are wanted, which take every position's logits.
+    pub fn shares_prefix(&self) -> bool {
+        self.params.prompt_logprobs.is_none()
+    }
 }
 
 /// Every sampled token produces one [`TokenEvent::Token`] (its text may be empty), then one
@@ -45,12 +51,17 @@ pub(crate) struct Sequence<'t> {
     fed: usize,
     /// Rows the step in flight feeds it.
     feeding: usize,
+    /// Whether the step in flight samples its next token (from its last logits).
+    sampling: bool,
     /// Prompt positions found in the prefix cache at its first admission.
     cached_tokens: usize,
     /// Tokens fed again per step after a preemption (`Transformer::replay_rows`).
     replay_rows: usize,
     sampler: Sampler,
+    tokenizer: &'t Tokenizer,
     decoder: Detokenizer<'t>,
+    /// The prompt's log-probabilities so far, when asked for: those of token `i + 1`.
+    prompt_logprobs: Vec<Logprobs>,
     stops: StopMatcher,
     /// Prompt and generated tokens, for the repeat penalty.
     history: Vec<u32>,
@@ -83,9 +94,12 @@ impl<'t> Sequence<'t> {
             table: Some(admission.table),
             fed: admission.cached,
             feeding: 0,
+            sampling: false,
             cached_tokens: admission.cached,
             replay_rows,
+            tokenizer,
             decoder,
+            prompt_logprobs: Vec::new(),
             generated: 0,
             admitted: Instant::now(),
             prefilled: None,
@@ -144,12 +158,12 @@ impl<'t> Sequence<'t> {
         let rows = self.next_rows(chunk);
         let table = self.table.as_ref()?;
         let (fed, prompt) = (self.fed, &self.job.prompt);
-        let (tokens, logits, is_prompt) = match fed < prompt.len() {
+        let (tokens, samples, is_prompt) = match fed < prompt.len() {
             // The prompt's last chunk samples the first token, unless it was sampled before a
-            // preemption.
+            // preemption or none is wanted.
             true => (
                 &prompt[fed..fed + rows],
-                fed + rows == prompt.len() && self.generated == 0,
+                fed + rows == prompt.len() && self.generated == 0 && self.job.params.max_tokens > 0,
                 true,
             ),
             false => (
@@ -159,6 +173,15 @@ impl<'t> Sequence<'t> {
             ),
         };
         self.feeding = rows;
+        self.sampling = samples;
+        let logits = match (
+            is_prompt && self.job.params.prompt_logprobs.is_some(),
+            samples,
+        ) {
+            (true, _) => Logits::All,
+            (false, true) => Logits::Last,
+            (false, false) => Logits::None,
+        };
         Some(Segment {
             table: table.blocks(),
             start: fed,
@@ -203,16 +226,45 @@ impl<'t> Sequence<'t> {
         true
     }
 
-    /// Takes the result of the step that fed this sequence: `logits` are `None` until the
-    /// prompt's last chunk, and for tokens fed again.
+    /// Takes the result of the step that fed this sequence: the `(rows, vocab)` logits its
+    /// segment asked for (see [`Sequence::segment`]), if any.
     pub fn accept(&mut self, logits: Option<&Tensor>, stop_ids: &HashSet<u32>) {
+        let first = self.fed;
         self.fed += std::mem::take(&mut self.feeding);
+        let samples = std::mem::take(&mut self.sampling);
         let Some(logits) = logits else {
             return;
         };
+        if let Some(top) = self.job.params.prompt_logprobs
+            && first < self.job.prompt.len()
+        {
+            if let Err(e) = self.score_prompt(logits, first, top) {
+                self.finish(FinishReason::Error, Some(format!("log-probabilities: {e}")));
+                return;
+            }
+            if self.job.params.max_tokens == 0 && self.prompt_left() == 0 {
+                self.prefilled = Some(Instant::now());
+                self.finish(FinishReason::Length, None);
+                return;
+            }
+        }
+        if !samples {
+            return;
+        }
         if self.prefilled.is_none() {
             self.prefilled = Some(Instant::now());
         }
+        let last = logits
+            .dim(0)
+            .and_then(|rows| logits.get(rows.saturating_sub(1)));
+        let logits = match last {
+            Ok(logits) => logits,
+            Err(e) => {
+                self.finish(FinishReason::Error, Some(format!("sampling failed: {e}")));
+                return;
+            }
+        };
+        let logits = &logits;
         let token = match self.sampler.sample(logits, &self.history) {
             Ok(token) => token,
             Err(e) => {
@@ -227,7 +279,9 @@ impl<'t> Sequence<'t> {
         // Of the tokens whose text is output: not of an end-of-sequence token.
         let logprobs = match self.job.params.logprobs {
             Some(top) if !eos => {
-                match Logprobs::of(logits, token, top, |id| self.decoder.piece(id)) {
+                let before = self.history.last().copied();
+                let piece = |id| tokenizer::piece(self.tokenizer, before, id);
+                match Logprobs::of(logits, token, top, piece) {
                     Ok(logprobs) => Some(logprobs),
                     Err(e) => {
                         self.finish(FinishReason::Error, Some(format!("log-probabilities: {e}")));
@@ -271,6 +325,28 @@ impl<'t> Sequence<'t> {
         }
     }
 
+    /// Scores the prompt tokens that `logits`, the rows of positions `first..`, predict; a
+    /// position computed again after a preemption is not scored twice.
+    fn score_prompt(
+        &mut self,
+        logits: &Tensor,
+        first: usize,
+        top: usize,
+    ) -> crate::error::Result<()> {
+        let prompt = &self.job.prompt;
+        for row in 0..logits.dim(0)? {
+            let position = first + row;
+            if position + 1 >= prompt.len() || position != self.prompt_logprobs.len() {
+                continue;
+            }
+            let (before, id) = (prompt[position], prompt[position + 1]);
+            let piece = |id| tokenizer::piece(self.tokenizer, Some(before), id);
+            let scored = Logprobs::of(&logits.get(row)?, id, top, piece)?;
+            self.prompt_logprobs.push(scored);
+        }
+        Ok(())
+    }
+
     fn emit(&mut self, id: u32, text: String, logprobs: Option<Logprobs>) {
         let event = TokenEvent::Token(Token {
             id,
@@ -310,6 +386,12 @@ impl<'t> Sequence<'t> {
             prefill_tokens_per_second: rate(self.job.prompt.len(), prefill_time),
             decode_tokens_per_second: rate(self.generated.saturating_sub(1), decode_time),
             error,
+            prompt_logprobs: self.job.params.prompt_logprobs.map(|_| PromptLogprobs {
+                first: (self.job.prompt.first()).map_or_else(String::new, |&id| {
+                    tokenizer::piece(self.tokenizer, None, id)
+                }),
+                rest: std::mem::take(&mut self.prompt_logprobs),
+            }),
         };
         self.counters.active.fetch_sub(1, Relaxed);
         self.summary = Some(summary);

@@ -8,7 +8,7 @@ use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::sampling::Logprobs;
+use super::sampling::{Logprobs, PromptLogprobs};
 
 // These doc comments are also the MCP tools' schema descriptions: no intra-doc links.
 /// Why a generation ended.
@@ -76,6 +76,9 @@ pub struct Summary {
     pub decode_tokens_per_second: f64,
     /// Set when `finish_reason` is `error`.
     pub error: Option<String>,
+    /// When the request asked for them (`SamplingParams::prompt_logprobs`).
+    #[serde(skip)]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 impl std::fmt::Display for Summary {
@@ -197,6 +200,7 @@ impl Summary {
             prefill_tokens_per_second: 0.0,
             decode_tokens_per_second: 0.0,
             error: Some(message.to_string()),
+            prompt_logprobs: None,
         }
     }
 }

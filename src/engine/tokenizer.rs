@@ -242,21 +242,6 @@ impl<'t> Detokenizer<'t> {
         .map_err(|e| Error::Tokenizer(format!("detokenizing failed: {e}")))
     }
 
-    /// The text `id` would add next, special tokens shown: what names a token in
-    /// log-probabilities. Decoded after the token before it, so that a SentencePiece word keeps
-    /// the leading space that decoding it alone drops; a piece of a multi-byte character shows
-    /// as U+FFFD.
-    pub fn piece(&self, id: u32) -> String {
-        let decode = |ids: &[u32]| self.tokenizer.decode(ids, false).unwrap_or_default();
-        if let Some(&before) = self.ids.last() {
-            let (alone, both) = (decode(&[before]), decode(&[before, id]));
-            if let Some(piece) = both.strip_prefix(&alone) {
-                return piece.to_string();
-            }
-        }
-        decode(&[id])
-    }
-
     /// At the end of a generation: the whole characters still held back behind an incomplete
     /// one (a token holding a space and the first byte of an emoji, say). The incomplete bytes
     /// themselves are dropped.
@@ -274,6 +259,20 @@ impl<'t> Detokenizer<'t> {
             _ => String::new(),
         }
     }
+}
+
+/// The text `id` adds after `before`, special tokens shown: what names a token in
+/// log-probabilities. Decoded after the token before it, so that a SentencePiece word keeps the
+/// leading space that decoding it alone drops; a piece of a multi-byte character shows as U+FFFD.
+pub(crate) fn piece(tokenizer: &Tokenizer, before: Option<u32>, id: u32) -> String {
+    let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
+    if let Some(before) = before {
+        let (alone, both) = (decode(&[before]), decode(&[before, id]));
+        if let Some(piece) = both.strip_prefix(&alone) {
+            return piece.to_string();
+        }
+    }
+    decode(&[id])
 }
 
 /// The text of token `id`, for templates that need `bos_token`/`eos_token`.

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::Counters;
 use super::kv::{KvManager, KvStore};
-use super::model::{Segment, Transformer};
+use super::model::{Logits, Segment, Transformer};
 use super::scheduler::{Limits, Scheduler};
 use super::sequence::{Job, Sequence};
 use super::stream::FinishReason;
@@ -130,7 +130,14 @@ fn forward(
             return Err("a finished sequence was scheduled".to_string());
         }
         setup.faults.check(&segments);
-        let wants: Vec<bool> = segments.iter().map(|s| s.logits).collect();
+        let wants: Vec<usize> = segments
+            .iter()
+            .map(|s| match s.logits {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => s.tokens.len(),
+            })
+            .collect();
         setup.counters.steps.fetch_add(1, Relaxed);
         let logits = setup
             .model
@@ -140,11 +147,14 @@ fn forward(
         let mut row = 0;
         wants
             .into_iter()
-            .map(|wants| match wants {
-                false => Ok(None),
-                true => {
-                    row += 1;
-                    logits.get(row - 1).map(Some).map_err(|e| e.to_string())
+            .map(|rows| match rows {
+                0 => Ok(None),
+                _ => {
+                    row += rows;
+                    logits
+                        .narrow(0, row - rows, rows)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
                 }
             })
             .collect()

@@ -30,8 +30,8 @@ use super::generation::Generation;
 use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
-    ChatMessage, FinishReason, GenerateRequest, Input, MAX_TOP_LOGPROBS, SamplingParams, Scored,
-    Summary, Token, TokenEvent,
+    ChatMessage, FinishReason, GenerateRequest, Input, Logprobs, MAX_TOP_LOGPROBS, PromptLogprobs,
+    SamplingParams, Scored, Summary, Token, TokenEvent,
 };
 use crate::error::Error;
 
@@ -270,7 +270,7 @@ fn check_fields(body: &Map<String, Value>, own: &[&str]) -> Result<(), ApiError>
             ),
             "echo" => (
                 value.is_null() || is(json!(false)),
-                "wick does not echo the prompt",
+                "chat has no echo; completions echo the prompt",
             ),
             "suffix" => (value.is_null(), "wick does not insert text"),
             "presence_penalty" | "frequency_penalty" => (
@@ -432,6 +432,9 @@ struct CompletionBody {
     prompt: Prompt,
     /// The alternatives each token's log-probabilities list (0: the token's own only).
     logprobs: Option<usize>,
+    /// The reply starts with the prompt (and, with `logprobs`, the prompt's log-probabilities).
+    #[serde(default)]
+    echo: bool,
 }
 
 /// `n` alternatives for `field`, within what OpenAI allows.
@@ -500,7 +503,11 @@ async fn chat_completions(
     let chat = parse::<ChatBody>(&body)?;
     let logprobs = chat.logprobs()?;
     let input = Input::Chat(chat.messages()?);
-    generate(&state, Endpoint::Chat, options, input, logprobs).await
+    let scoring = Scoring {
+        logprobs,
+        echo: false,
+    };
+    generate(&state, Endpoint::Chat, options, input, scoring).await
 }
 
 async fn completions(
@@ -508,16 +515,33 @@ async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = object(&body)?;
-    check_fields(&body, &["prompt", "logprobs"])?;
+    check_fields(&body, &["prompt", "logprobs", "echo"])?;
     let options: Options = parse(&body)?;
     options.check()?;
     let completion = parse::<CompletionBody>(&body)?;
-    let logprobs = match completion.logprobs {
-        Some(n) => Some(top_logprobs("logprobs", n)?),
-        None => None,
+    if completion.echo && options.stream {
+        return Err(ApiError::invalid(
+            Some("echo"),
+            "echo is served on whole replies; set stream to false".into(),
+        ));
+    }
+    let scoring = Scoring {
+        logprobs: match completion.logprobs {
+            Some(n) => Some(top_logprobs("logprobs", n)?),
+            None => None,
+        },
+        echo: completion.echo,
     };
     let input = completion.prompt.input()?;
-    generate(&state, Endpoint::Completions, options, input, logprobs).await
+    generate(&state, Endpoint::Completions, options, input, scoring).await
+}
+
+/// What a reply reports besides the text: log-probabilities with this many alternatives, and
+/// the prompt before the completion (completions' `echo`), scored too with `logprobs`.
+#[derive(Clone, Copy)]
+struct Scoring {
+    logprobs: Option<usize>,
+    echo: bool,
 }
 
 async fn generate(
@@ -525,12 +549,14 @@ async fn generate(
     endpoint: Endpoint,
     options: Options,
     input: Input,
-    logprobs: Option<usize>,
+    scoring: Scoring,
 ) -> Result<Response, ApiError> {
     let params = SamplingParams {
-        logprobs,
+        logprobs: scoring.logprobs,
+        prompt_logprobs: scoring.logprobs.filter(|_| scoring.echo),
         ..options.params()
     };
+    let echoed = scoring.echo.then(|| input.clone());
     let request = GenerateRequest::new(input).with_params(params);
     // A client that goes away drops the token stream, which ends the generation.
     let model = options.model.as_deref();
@@ -548,12 +574,18 @@ async fn generate(
         created: chrono::Utc::now().timestamp(),
         model: generation.engine.info().name.clone(),
     };
+    let wants_logprobs = scoring.logprobs.is_some();
     if options.stream {
         let state = Arc::clone(state);
         let usage = options.include_usage();
-        Ok(stream(state, reply, generation, usage, logprobs.is_some()).into_response())
+        Ok(stream(state, reply, generation, usage, wants_logprobs).into_response())
     } else {
-        whole(state, reply, generation, logprobs.is_some()).await
+        let echoed = match echoed {
+            Some(Input::Prompt(text)) => text,
+            Some(Input::Tokens(ids)) => generation.engine.decode(&ids)?,
+            Some(Input::Chat(_)) | None => String::new(),
+        };
+        whole(state, reply, generation, wants_logprobs, echoed).await
     }
 }
 
@@ -643,7 +675,7 @@ struct LogprobsOut {
     wanted: bool,
     /// Chat entries, or completions' tokens.
     entries: Vec<Value>,
-    logprobs: Vec<f32>,
+    logprobs: Vec<Option<f32>>,
     tops: Vec<Value>,
     offsets: Vec<usize>,
     /// Characters of token text so far, for `text_offset`.
@@ -664,9 +696,27 @@ impl LogprobsOut {
     }
 
     fn push(&mut self, token: &Token) {
-        let Some(logprobs) = &token.logprobs else {
-            return;
-        };
+        if let Some(logprobs) = &token.logprobs {
+            self.push_scored(logprobs);
+        }
+    }
+
+    /// The prompt's tokens, before any generated one: the first, unscored, shows as `null`
+    /// (completions' shape; chat has no echo).
+    fn push_prompt(&mut self, prompt: &PromptLogprobs) {
+        if self.endpoint == Endpoint::Completions {
+            self.offsets.push(self.offset);
+            self.offset += prompt.first.chars().count();
+            self.entries.push(prompt.first.clone().into());
+            self.logprobs.push(None);
+            self.tops.push(Value::Null);
+        }
+        for logprobs in &prompt.rest {
+            self.push_scored(logprobs);
+        }
+    }
+
+    fn push_scored(&mut self, logprobs: &Logprobs) {
         let own = &logprobs.token;
         match self.endpoint {
             Endpoint::Chat => {
@@ -684,7 +734,7 @@ impl LogprobsOut {
                 self.offsets.push(self.offset);
                 self.offset += own.text.chars().count();
                 self.entries.push(own.text.clone().into());
-                self.logprobs.push(own.logprob);
+                self.logprobs.push(Some(own.logprob));
                 self.tops.push(top.into());
             }
         }
@@ -739,25 +789,35 @@ fn failure(summary: &Summary) -> Option<ApiError> {
     }
 }
 
+/// The whole reply; `echoed` (the prompt, for `echo`) comes before the generated text, and the
+/// prompt's log-probabilities, if scored, before the generated tokens'.
 async fn whole(
     state: &ServerState,
     reply: Reply,
     mut generation: Generation,
     want_logprobs: bool,
+    echoed: String,
 ) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let mut logprobs = LogprobsOut::new(reply.endpoint, want_logprobs);
+    let mut text = echoed;
+    let mut tokens = Vec::new();
     let mut summary = None;
     while let Some(event) = generation.tokens.next().await {
         match event {
             TokenEvent::Token(token) => {
                 text.push_str(&token.text);
-                logprobs.push(&token);
+                tokens.push(token);
             }
             TokenEvent::Done(done) => summary = Some(done),
         }
     }
     let summary = Generation::settle(state, summary);
+    let mut logprobs = LogprobsOut::new(reply.endpoint, want_logprobs);
+    if let Some(prompt) = &summary.prompt_logprobs {
+        logprobs.push_prompt(prompt);
+    }
+    for token in &tokens {
+        logprobs.push(token);
+    }
     match failure(&summary) {
         Some(error) => Err(error),
         None => Ok(Json(reply.whole(text, &summary, logprobs.take())).into_response()),

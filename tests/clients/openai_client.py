@@ -83,7 +83,8 @@ def main():
     emit("LENGTH", {"finish": length.choices[0].finish_reason, "usage": length.usage.model_dump()})
 
     emit("REFUSED_N", refusal(lambda: api.chat.completions.create(model=MODEL, messages=CHAT, n=2)))
-    emit("REFUSED_ECHO", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, echo=True)))
+    emit("REFUSED_ECHO", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=CHAT, extra_body={"echo": True})))
     emit("REFUSED_UNKNOWN", refusal(lambda: api.chat.completions.create(
         model=MODEL, messages=CHAT, extra_body={"mirostat": 2})))
     emit("REFUSED_TYPE", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, max_tokens=-1)))
@@ -171,6 +172,16 @@ def logprobs():
             tokens += chunk.choices[0].logprobs.tokens
     emit("COMPLETION_STREAM", tokens)
 
+    # The prompt scored alone (max_tokens 0), and the prompt with its greedy continuation, whose
+    # tokens the echo scores as the generation did.
+    echo = api.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=2, max_tokens=0)
+    emit("ECHO", {"text": echo.choices[0].text, "logprobs": echo.choices[0].logprobs.model_dump(),
+                  "usage": echo.usage.model_dump()})
+    both = api.completions.create(model=MODEL, prompt=prompt + text.choices[0].text, echo=True, logprobs=3,
+                                  max_tokens=0)
+    emit("ECHO_CONTINUED", {"text": both.choices[0].text, "logprobs": both.choices[0].logprobs.model_dump()})
+    emit("REFUSED_ECHO_STREAM", refusal(lambda: list(api.completions.create(
+        model=MODEL, prompt=prompt, echo=True, stream=True))))
     emit("REFUSED_TOP", refusal(lambda: api.chat.completions.create(
         model=MODEL, messages=CHAT, logprobs=True, top_logprobs=21)))
     emit("REFUSED_TOP_ALONE", refusal(lambda: api.chat.completions.create(

@@ -72,11 +72,17 @@ impl KvManager {
     }
 
     /// A table for `prompt` with room for one position more, sharing the longest cached prefix
-    /// (never the block of the prompt's last token, which is always computed); `None` while the
-    /// free blocks are too few to leave `reserve` of them free.
-    pub fn admit(&mut self, prompt: &[u32], reserve: usize) -> Option<Admission> {
+    /// (never the block of the prompt's last token, which is always computed) unless
+    /// `share_prefix` is false (the whole prompt must be computed: its logits are wanted);
+    /// `None` while the free blocks are too few to leave `reserve` of them free.
+    pub fn admit(
+        &mut self,
+        prompt: &[u32],
+        reserve: usize,
+        share_prefix: bool,
+    ) -> Option<Admission> {
         let bs = self.shape.block_size;
-        let prompt_hashes = match self.prefix_caching {
+        let prompt_hashes = match self.prefix_caching && share_prefix {
             true => chain(prompt, bs),
             false => Vec::new(),
         };
@@ -103,7 +109,7 @@ impl KvManager {
             table.blocks.push(id);
         }
         let cached = table.registered * bs;
-        if self.prefix_caching {
+        if self.prefix_caching && share_prefix {
             self.queries += prompt.len() as u64;
             self.hits += cached as u64;
         }
@@ -222,31 +228,31 @@ mod tests {
     fn admits_grows_and_frees() {
         let mut kv = manager(4);
         // 6 tokens plus one: 2 blocks.
-        let a = kv.admit(&tokens(0..6), 0).unwrap();
+        let a = kv.admit(&tokens(0..6), 0, true).unwrap();
         assert_eq!((a.table.blocks.len(), a.cached), (2, 0));
         let mut table = a.table;
         assert!(kv.grow(&mut table, 9));
         assert_eq!(table.blocks.len(), 3);
         assert_eq!(kv.usage().used, 3);
         // 2 more blocks do not fit in the 1 left.
-        assert!(kv.admit(&tokens(100..105), 0).is_none());
+        assert!(kv.admit(&tokens(100..105), 0, true).is_none());
         assert!(!kv.grow(&mut table, 17));
         assert_eq!(table.blocks.len(), 3, "a failed grow changes nothing");
         kv.free(table);
         assert_eq!(kv.usage().used, 0);
-        assert!(kv.admit(&tokens(100..105), 0).is_some());
+        assert!(kv.admit(&tokens(100..105), 0, true).is_some());
     }
 
     #[test]
     fn shares_cached_prompt_blocks_with_reference_counts() {
         let mut kv = manager(8);
         let prompt = tokens(0..10);
-        let mut first = kv.admit(&prompt, 0).unwrap().table;
+        let mut first = kv.admit(&prompt, 0, true).unwrap().table;
         kv.cache_prompt(&mut first, &prompt, 10);
         // Same 8 leading tokens: two full blocks shared.
         let mut other = tokens(0..8);
         other.extend([77, 78, 79]);
-        let second = kv.admit(&other, 0).unwrap();
+        let second = kv.admit(&other, 0, true).unwrap();
         assert_eq!(second.cached, 8);
         assert_eq!(second.table.blocks[..2], first.blocks[..2]);
         assert_eq!(kv.pool.refs(first.blocks[0]), 2);
@@ -262,10 +268,10 @@ mod tests {
     fn a_fully_cached_prompt_still_computes_its_last_block() {
         let mut kv = manager(8);
         let prompt = tokens(0..8);
-        let mut first = kv.admit(&prompt, 0).unwrap().table;
+        let mut first = kv.admit(&prompt, 0, true).unwrap().table;
         kv.cache_prompt(&mut first, &prompt, 8);
         kv.free(first);
-        let again = kv.admit(&prompt, 0).unwrap();
+        let again = kv.admit(&prompt, 0, true).unwrap();
         assert_eq!(
             again.cached, 4,
             "the block of the last token is computed again"
@@ -273,26 +279,41 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_that_must_be_computed_whole_shares_nothing() {
+        let mut kv = manager(8);
+        let prompt = tokens(0..9);
+        let mut first = kv.admit(&prompt, 0, true).unwrap().table;
+        kv.cache_prompt(&mut first, &prompt, 9);
+        kv.free(first);
+        let queried = kv.usage().queries;
+        let whole = kv.admit(&prompt, 0, false).unwrap();
+        assert_eq!(whole.cached, 0);
+        assert_eq!(kv.usage().queries, queried, "no lookup, none counted");
+        kv.free(whole.table);
+        assert_eq!(kv.admit(&prompt, 0, true).unwrap().cached, 8);
+    }
+
+    #[test]
     fn the_same_tokens_after_a_different_prefix_never_match() {
         let mut kv = manager(8);
         let prompt = tokens(0..9);
-        let mut first = kv.admit(&prompt, 0).unwrap().table;
+        let mut first = kv.admit(&prompt, 0, true).unwrap().table;
         kv.cache_prompt(&mut first, &prompt, 9);
         kv.free(first);
         // Block 2 (tokens 4..8) the same, block 1 not.
         let mut other = vec![9, 9, 9, 9];
         other.extend(4..9);
-        assert_eq!(kv.admit(&other, 0).unwrap().cached, 0);
+        assert_eq!(kv.admit(&other, 0, true).unwrap().cached, 0);
     }
 
     #[test]
     fn only_computed_prompt_blocks_are_cached() {
         let mut kv = manager(8);
         let prompt = tokens(0..12);
-        let mut table = kv.admit(&prompt, 0).unwrap().table;
+        let mut table = kv.admit(&prompt, 0, true).unwrap().table;
         kv.cache_prompt(&mut table, &prompt, 5);
         kv.free(table);
-        assert_eq!(kv.admit(&prompt, 0).unwrap().cached, 4);
+        assert_eq!(kv.admit(&prompt, 0, true).unwrap().cached, 4);
     }
 
     #[test]
@@ -300,30 +321,34 @@ mod tests {
         let mut kv = manager(4);
         let (a, b) = (tokens(0..5), tokens(10..15));
         for prompt in [&a, &b] {
-            let mut table = kv.admit(prompt, 0).unwrap().table;
+            let mut table = kv.admit(prompt, 0, true).unwrap().table;
             kv.cache_prompt(&mut table, prompt, 5);
             kv.free(table);
         }
         assert_eq!(kv.usage().cached, 2);
         // Needs 3 of the 4: the 2 empty ones, then `a`'s cached block (freed first).
-        let c = kv.admit(&tokens(20..31), 0).unwrap().table;
+        let c = kv.admit(&tokens(20..31), 0, true).unwrap().table;
         assert_eq!(kv.usage().cached, 1);
         kv.free(c);
-        assert_eq!(kv.admit(&b, 0).unwrap().cached, 4, "b's block survives");
-        assert_eq!(kv.admit(&a, 0).unwrap().cached, 0, "a's was evicted");
+        assert_eq!(
+            kv.admit(&b, 0, true).unwrap().cached,
+            4,
+            "b's block survives"
+        );
+        assert_eq!(kv.admit(&a, 0, true).unwrap().cached, 0, "a's was evicted");
     }
 
     #[test]
     fn sharing_a_free_cached_block_takes_it_from_the_free_count() {
         let mut kv = manager(3);
         let prompt = tokens(0..5);
-        let mut table = kv.admit(&prompt, 0).unwrap().table;
+        let mut table = kv.admit(&prompt, 0, true).unwrap().table;
         kv.cache_prompt(&mut table, &prompt, 5);
         kv.free(table);
         // 3 free (one cached). 9 tokens + 1 need 3 blocks, one of them the cached one: fits.
         let mut long = tokens(0..4);
         long.extend(50..55);
-        let admitted = kv.admit(&long, 0).unwrap();
+        let admitted = kv.admit(&long, 0, true).unwrap();
         assert_eq!((admitted.cached, admitted.table.blocks.len()), (4, 3));
         assert_eq!(kv.usage().used, 3);
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use super::model::{Segment, Transformer};
+use super::model::{Logits, Segment, Transformer};
 use crate::error::Result;
 
 /// What a loader produces: the model plus everything the engine needs around it.
@@ -40,7 +40,7 @@ fn build(
                 table: &[0],
                 start: 0,
                 tokens: &[0],
-                logits: true,
+                logits: Logits::Last,
                 prompt: true,
             }],
         )?;

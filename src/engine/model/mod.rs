@@ -12,7 +12,7 @@ pub(crate) mod weights;
 pub(crate) use config::{Config, Family};
 pub(crate) use embedding::Embedding;
 pub(crate) use linear::Linear;
-pub(crate) use transformer::{Segment, Transformer};
+pub(crate) use transformer::{Logits, Segment, Transformer};
 pub(crate) use weights::{WeightSource, hf_name};
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ impl TestCache {
         self.len
     }
 
-    fn segment<'a>(&'a self, tokens: &'a [u32], logits: bool) -> Segment<'a> {
+    fn segment<'a>(&'a self, tokens: &'a [u32], logits: Logits) -> Segment<'a> {
         Segment {
             table: &self.table,
             start: self.len,
@@ -125,7 +125,7 @@ impl NewCache for Transformer {
 /// One segment through `model`; the logits of its last token.
 fn step(model: &Transformer, cache: &mut TestCache, tokens: &[u32]) -> Tensor {
     let logits = model
-        .forward(&cache.store, &[cache.segment(tokens, true)])
+        .forward(&cache.store, &[cache.segment(tokens, Logits::Last)])
         .unwrap()
         .squeeze(0)
         .unwrap();
@@ -457,7 +457,7 @@ fn a_prompt_in_chunks_and_beside_other_sequences_equals_one_pass() {
             table: &'a [BlockId],
             start: usize,
             tokens: &'a [u32],
-            logits: bool,
+            logits: Logits,
         ) -> Segment<'a> {
             Segment {
                 table,
@@ -468,18 +468,24 @@ fn a_prompt_in_chunks_and_beside_other_sequences_equals_one_pass() {
             }
         }
         model
-            .forward(&pool.store, &[segment(&tables[1], 0, &PROMPT[..12], false)])
+            .forward(
+                &pool.store,
+                &[segment(&tables[1], 0, &PROMPT[..12], Logits::None)],
+            )
             .unwrap();
         model
-            .forward(&pool.store, &[segment(&tables[2], 0, &PROMPT[..19], false)])
+            .forward(
+                &pool.store,
+                &[segment(&tables[2], 0, &PROMPT[..19], Logits::None)],
+            )
             .unwrap();
         let batch = model
             .forward(
                 &pool.store,
                 &[
-                    segment(&tables[0], 0, &PROMPT, true),
-                    segment(&tables[1], 12, &PROMPT[12..], false),
-                    segment(&tables[2], 19, &PROMPT[19..], true),
+                    segment(&tables[0], 0, &PROMPT, Logits::Last),
+                    segment(&tables[1], 12, &PROMPT[12..], Logits::None),
+                    segment(&tables[2], 19, &PROMPT[19..], Logits::Last),
                 ],
             )
             .unwrap();
@@ -493,6 +499,23 @@ fn a_prompt_in_chunks_and_beside_other_sequences_equals_one_pass() {
             "{model_type}"
         );
         assert_eq!((b.len(), c.len()), (12, 19));
+    }
+}
+
+#[test]
+fn all_logits_are_each_prefix_s_last_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = hf_config("llama");
+    hf_weights(&config, dir.path());
+    let model = ours_hf(&config, dir.path());
+    let cache = model.new_cache(20).unwrap();
+    let all = model
+        .forward(&cache.store, &[cache.segment(&PROMPT, Logits::All)])
+        .unwrap();
+    assert_eq!(all.dims(), &[PROMPT.len(), VOCAB]);
+    for n in [1, 7, PROMPT.len()] {
+        let last = step(&model, &mut model.new_cache(20).unwrap(), &PROMPT[..n]);
+        assert!(max_diff(&all.get(n - 1).unwrap(), &last) < 1e-4, "row {n}");
     }
 }
 
@@ -804,7 +827,7 @@ fn a_sequence_cannot_write_past_its_blocks() {
     );
     step(&model, &mut cache, &PROMPT[..4]);
     let error = model
-        .forward(&cache.store, &[cache.segment(&[1], true)])
+        .forward(&cache.store, &[cache.segment(&[1], Logits::Last)])
         .unwrap_err();
     assert!(error.to_string().contains("past the 1 blocks"), "{error}");
 }

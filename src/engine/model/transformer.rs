@@ -24,10 +24,20 @@ pub(crate) struct Segment<'a> {
     /// Positions already in the cache; `tokens` continue from here.
     pub start: usize,
     pub tokens: &'a [u32],
-    /// Whether to return the logits of the last token.
-    pub logits: bool,
+    /// Which of its tokens' logits to return.
+    pub logits: Logits,
     /// A prompt chunk rather than decode rows (see `linear::Span`).
     pub prompt: bool,
+}
+
+/// The logits a segment asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Logits {
+    None,
+    /// The last token's: the next token is sampled from them.
+    Last,
+    /// Every token's: the prompt's log-probabilities, each from the position before.
+    All,
 }
 
 enum Qkv {
@@ -244,8 +254,8 @@ impl Transformer {
     }
 
     /// Runs every segment's tokens, writing their keys and values into `kv`, and returns, in
-    /// order, the f32 logits `(vocab,)` of the last token of each segment that asked for them, as
-    /// rows of one `(n, vocab)` tensor.
+    /// order, the f32 logits `(vocab,)` of the tokens each segment asked for (see [`Logits`]),
+    /// as rows of one `(n, vocab)` tensor.
     pub fn forward(&self, kv: &KvStore, segments: &[Segment<'_>]) -> Result<Tensor> {
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -270,8 +280,11 @@ impl Transformer {
             }
             ids.extend_from_slice(segment.tokens);
             positions.extend(start as u32..end as u32);
-            if segment.logits {
-                logit_rows.push(ids.len() as u32 - 1);
+            let first = (ids.len() - segment.tokens.len()) as u32;
+            match segment.logits {
+                Logits::None => {}
+                Logits::Last => logit_rows.push(ids.len() as u32 - 1),
+                Logits::All => logit_rows.extend(first..ids.len() as u32),
             }
         }
         let spans: Vec<Span> = segments
