@@ -112,6 +112,43 @@ fn python_sdk_legacy_sse_transport() {
     check(&run(python_client(&url, "sse", &[])), "2025-11-25");
 }
 
+/// A `json_schema` call: the tokens still stream as progress and join to the text, the
+/// structured result's `json` is that text parsed and fits the schema, and a schema that cannot
+/// compile is a tool error naming it.
+#[test]
+fn python_sdk_json_schema_2026_07_28() {
+    let server = ServerProcess::serve(&[]);
+    let transcript = run(python_client(&server.mcp(), "2026-07-28", &["json"]));
+    let result = &transcript.result;
+    assert_eq!(result["is_error"], false, "{result}");
+    let text = result["text"].as_str().unwrap();
+    let streamed: String = transcript
+        .progress
+        .iter()
+        .map(|p| p["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, text);
+    let parsed: Value = serde_json::from_str(text).expect("the text is JSON");
+    assert_eq!(result["structured"]["json"], parsed, "{result}");
+    let object = parsed.as_object().expect("an object");
+    assert!(
+        object["city"].is_string() && object["country"].is_string(),
+        "{parsed}"
+    );
+    assert_eq!(object.len(), 2, "{parsed}");
+    let bad = &transcript
+        .lines
+        .iter()
+        .find(|(k, _)| k == "BAD")
+        .expect("a BAD line")
+        .1;
+    assert_eq!(bad["is_error"], true, "{bad}");
+    assert!(
+        bad["text"].as_str().unwrap().contains("JSON schema"),
+        "{bad}"
+    );
+}
+
 /// The client abandons a long call after 5 tokens: the server stops that generation (seen in
 /// its counters) and answers the next call.
 fn python_cancel(mode: &str) {

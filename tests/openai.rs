@@ -298,6 +298,50 @@ fn openai_sdk_logprobs() {
     assert_refused(one(&seen, "REFUSED_COMPLETION"), 400, "logprobs");
 }
 
+/// Structured output through the SDK: `parse` with a Pydantic model, five schemas sampled at
+/// temperature 1 all valid by `jsonschema`, `json_object`, a schema that does not compile, and a
+/// constrained and a free request giving the same texts together as alone.
+#[test]
+fn openai_sdk_structured_output() {
+    let server = ServerProcess::serve(&[]);
+    let seen = run(&server.base, "json", None);
+
+    let parsed = one(&seen, "PARSED");
+    let object = &parsed["parsed"];
+    assert!(
+        object["name"].is_string() && object["country"].is_string(),
+        "{parsed}"
+    );
+    assert!(object["population"].is_i64(), "{parsed}");
+    let content: Value = serde_json::from_str(parsed["content"].as_str().unwrap()).unwrap();
+    assert_eq!(&content, object);
+
+    let sampled = one(&seen, "SAMPLED");
+    assert!(sampled["generations"].as_u64().unwrap() >= 5, "{sampled}");
+    assert_eq!(sampled["invalid"], serde_json::json!([]), "{sampled}");
+
+    let any = one(&seen, "JSON_OBJECT");
+    let text: Value = serde_json::from_str(any["text"].as_str().unwrap()).expect("JSON");
+    assert!(text.is_object(), "{any}");
+    assert_eq!(any["finish"], "stop");
+
+    let refused = one(&seen, "REFUSED_SCHEMA");
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("JSON schema"),
+        "{refused}"
+    );
+    assert_refused(one(&seen, "REFUSED_FORMAT"), 400, "response_format.type");
+
+    let mixed = one(&seen, "MIXED");
+    assert_eq!(mixed["alone"], mixed["together"], "{mixed}");
+    let constrained = mixed["alone"][0].as_str().unwrap();
+    assert!(
+        serde_json::from_str::<Value>(constrained).is_ok(),
+        "{mixed}"
+    );
+}
+
 /// Log-probabilities most likely first, whose probabilities add up to at most 1.
 fn assert_sorted_and_at_most_one(top: &[Value], logprob: impl Fn(&Value) -> f64) {
     let values: Vec<f64> = top.iter().map(logprob).collect();

@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::chat::ChatTemplate;
+use super::constraint::Grammars;
 use super::kv::KvShape;
 use super::request::{GenerateRequest, Input};
 use super::sequence::Job;
@@ -48,6 +49,7 @@ pub struct Engine {
     pub(super) kv_shape: KvShape,
     pub(super) kv_blocks: usize,
     pub(super) faults: Arc<FaultInjection>,
+    pub(super) grammars: Grammars,
 }
 
 impl Engine {
@@ -124,10 +126,16 @@ impl Engine {
                 budget_bytes: self.kv_blocks * block,
             });
         }
+        // A constraint that does not compile is refused here, before any work.
+        let matcher = match &params.constraint {
+            Some(constraint) => Some(self.grammars.matcher(constraint)?),
+            None => None,
+        };
         // Room for every event of this request, so the engine never waits on a slow reader.
         let (events, receiver) = mpsc::channel(params.max_tokens + 2);
         let job = Job {
             prompt,
+            matcher,
             seed: params
                 .seed
                 .unwrap_or_else(|| RandomState::new().hash_one(Instant::now())),

@@ -5,6 +5,7 @@
 //! blocks that `kv` owns; `manager` keeps the loaded models.
 
 pub(crate) mod chat;
+mod constraint;
 mod device;
 pub(crate) mod gguf_metadata;
 mod handle;
@@ -26,6 +27,7 @@ pub(crate) mod tokenizer;
 mod worker;
 
 pub use chat::ChatMessage;
+pub use constraint::Constraint;
 pub use device::{DTypeChoice, DeviceChoice};
 pub use handle::{Engine, ModelInfo};
 #[doc(hidden)]

@@ -4,6 +4,7 @@ use candle_core::Tensor;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 
+use super::constraint::Constraint;
 use crate::error::{Error, Result};
 
 /// How to pick tokens and when to stop. The defaults follow common practice for chat models.
@@ -34,6 +35,9 @@ pub struct SamplingParams {
     /// of this many most likely tokens, in the summary. The whole prompt is computed (no prefix
     /// from the cache), and `max_tokens` may be 0 to score it only.
     pub prompt_logprobs: Option<usize>,
+    /// What the text must match (JSON schema, regex, grammar); sampling picks only among the
+    /// tokens that keep it valid.
+    pub constraint: Option<Constraint>,
 }
 
 /// The most alternatives a token's log-probabilities list, as OpenAI allows.
@@ -53,6 +57,7 @@ impl Default for SamplingParams {
             ignore_eos: false,
             logprobs: None,
             prompt_logprobs: None,
+            constraint: None,
         }
     }
 }

@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
+use llguidance::Matcher;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Counters;
+use super::constraint;
 use super::kv::{Admission, BlockTable, KvManager};
 use super::model::{Logits, Segment};
 use super::sampling::{Logprobs, PromptLogprobs, Sampler, SamplingParams, StopCheck, StopMatcher};
@@ -21,6 +23,8 @@ use super::tokenizer::{self, Detokenizer};
 /// One admitted request, as the engine thread receives it.
 pub(crate) struct Job {
     pub prompt: Vec<u32>,
+    /// The constraint's state, for a request with one (`SamplingParams::constraint`).
+    pub matcher: Option<Matcher>,
     pub params: SamplingParams,
     pub seed: u64,
     pub events: mpsc::Sender<TokenEvent>,
@@ -265,7 +269,21 @@ impl<'t> Sequence<'t> {
             }
         };
         let logits = &logits;
-        let token = match self.sampler.sample(logits, &self.history) {
+        // A constraint leaves only the tokens that keep the text valid.
+        let allowed = match self.job.matcher.as_mut() {
+            Some(matcher) => match constraint::mask(matcher, logits) {
+                Ok(masked) => Some(masked),
+                Err(e) => {
+                    self.finish(FinishReason::Error, Some(e.to_string()));
+                    return;
+                }
+            },
+            None => None,
+        };
+        let token = match self
+            .sampler
+            .sample(allowed.as_ref().unwrap_or(logits), &self.history)
+        {
             Ok(token) => token,
             Err(e) => {
                 self.finish(FinishReason::Error, Some(format!("sampling failed: {e}")));
@@ -276,6 +294,18 @@ impl<'t> Sequence<'t> {
         self.counters.tokens.fetch_add(1, Relaxed);
         self.first_token.get_or_insert_with(Instant::now);
         let eos = !self.job.params.ignore_eos && stop_ids.contains(&token);
+        // A constraint whose text is complete ends the generation as a stop token does.
+        let complete = match self.job.matcher.as_mut() {
+            Some(matcher) if !eos => match matcher.consume_token(token) {
+                Ok(()) => matcher.is_stopped(),
+                Err(e) => {
+                    let error = format!("the constraint refused token {token}: {e}");
+                    self.finish(FinishReason::Error, Some(error));
+                    return;
+                }
+            },
+            _ => false,
+        };
         // Of the tokens whose text is output: not of an end-of-sequence token.
         let logprobs = match self.job.params.logprobs {
             Some(top) if !eos => {
@@ -291,7 +321,7 @@ impl<'t> Sequence<'t> {
             }
             _ => None,
         };
-        let last = eos || self.generated >= self.job.params.max_tokens;
+        let last = eos || complete || self.generated >= self.job.params.max_tokens;
         let mut text = String::new();
         if !eos {
             self.history.push(token);
@@ -315,7 +345,7 @@ impl<'t> Sequence<'t> {
             StopCheck::Continue(text) if last => {
                 let text = text + &self.stops.flush();
                 self.emit(token, text, logprobs);
-                let reason = match eos {
+                let reason = match eos || complete {
                     true => FinishReason::Stop,
                     false => FinishReason::Length,
                 };

@@ -6,6 +6,7 @@ use candle_core::{DType, Device};
 use tokio::sync::mpsc;
 
 use super::chat::ChatTemplate;
+use super::constraint::Grammars;
 use super::device::{DTypeChoice, DeviceChoice, default_kv_cache_budget, describe};
 use super::kv::{KvManager, KvStore};
 use super::load::{gguf, safetensors};
@@ -154,6 +155,7 @@ pub(crate) fn start_engine(
     let store = KvStore::new(kv_shape, kv_blocks, &device)?;
     let kv = KvManager::new(kv_shape, kv_blocks, options.prefix_cache);
     let tokenizer = Arc::new(loaded.tokenizer);
+    let grammars = Grammars::new(tokenizer.clone(), stop_ids.iter().copied().collect());
     // One more than the queue limit: the engine may hold the oldest request outside it.
     let (jobs, queue) = mpsc::channel(options.queue_limit.max(1) + 1);
     let counters = Arc::new(super::Counters::default());
@@ -198,5 +200,6 @@ pub(crate) fn start_engine(
         kv_shape,
         kv_blocks,
         faults,
+        grammars,
     })
 }

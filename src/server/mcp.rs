@@ -34,7 +34,8 @@ use super::generation::Generation;
 use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
-    ChatMessage, FinishReason, GenerateRequest, ModelStatus, SamplingParams, Summary, TokenEvent,
+    ChatMessage, Constraint, FinishReason, GenerateRequest, ModelStatus, SamplingParams, Summary,
+    TokenEvent,
 };
 use crate::error::Error;
 
@@ -68,6 +69,12 @@ pub struct GenerationOptions {
     // mirror only primitive-typed arguments: a plain `string` (absent means the default).
     #[schemars(extend("x-mcp-header" = "Model", "type" = "string"))]
     pub model: Option<String>,
+    /// Hold the text to JSON valid against this JSON schema; the structured result's `json`
+    /// then has the parsed value.
+    pub json_schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Hold the text to this grammar, in Lark syntax as llguidance reads it (a regular
+    /// expression is `start: /[0-9]+/`). Not with `json_schema`.
+    pub grammar: Option<String>,
 }
 
 impl GenerationOptions {
@@ -81,6 +88,11 @@ impl GenerationOptions {
             repeat_penalty: self.repeat_penalty.unwrap_or(defaults.repeat_penalty),
             seed: self.seed,
             stop: self.stop.clone().unwrap_or_default(),
+            constraint: match (&self.json_schema, &self.grammar) {
+                (Some(schema), _) => Some(Constraint::JsonSchema(schema.clone().into())),
+                (None, Some(grammar)) => Some(Constraint::Lark(grammar.clone())),
+                (None, None) => None,
+            },
             ..defaults
         }
     }
@@ -124,6 +136,9 @@ pub struct GenerationResult {
     pub tokens_per_second: f64,
     /// The model that answered.
     pub model: String,
+    /// The text parsed, for a call with `json_schema` whose text is complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
 }
 
 /// Schemas as form-filling clients read them:
@@ -249,6 +264,7 @@ impl WickMcp {
             .copied()
             .unwrap_or(Frontend::Mcp);
         let total = request.params.max_tokens as f64;
+        let json = matches!(request.params.constraint, Some(Constraint::JsonSchema(_)));
         let started = Generation::start(&self.state, frontend, model, request, Some(&ctx.ct));
         let mut generation = match started.await {
             Ok(generation) => generation,
@@ -286,14 +302,16 @@ impl WickMcp {
             }
         }
         let summary = Generation::settle(&self.state, summary);
-        Ok(result(text, summary, &generation.engine.info().name))
+        Ok(result(text, summary, &generation.engine.info().name, json))
     }
 }
 
 /// The tool result of a generation: its text, or its error (a failure, or a cut-off partial
 /// text), with the structured result either way.
-fn result(text: String, summary: Summary, model: &str) -> CallToolResult {
+fn result(text: String, summary: Summary, model: &str, json: bool) -> CallToolResult {
+    let complete = json && summary.finish_reason == FinishReason::Stop;
     let structured = GenerationResult {
+        json: complete.then(|| serde_json::from_str(&text).ok()).flatten(),
         text: text.clone(),
         finish_reason: summary.finish_reason,
         prompt_tokens: summary.prompt_tokens,
@@ -334,6 +352,10 @@ fn check_arguments(request: &CallToolRequestParams) -> Result<(), String> {
             })
     }
     let arguments = serde_json::Value::Object(request.arguments.clone().unwrap_or_default());
+    let given = |name: &str| arguments.get(name).is_some_and(|v| !v.is_null());
+    if given("json_schema") && given("grammar") {
+        return Err("give `json_schema` or `grammar`, not both".into());
+    }
     match request.name.as_ref() {
         "generate" => named::<GenerationOptions>(&arguments).and(named::<GenerateArgs>(&arguments)),
         "chat" => named::<GenerationOptions>(&arguments).and(named::<ChatArgs>(&arguments)),

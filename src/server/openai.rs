@@ -30,8 +30,8 @@ use super::generation::Generation;
 use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
-    ChatMessage, FinishReason, GenerateRequest, Input, Logprobs, MAX_TOP_LOGPROBS, PromptLogprobs,
-    SamplingParams, Scored, Summary, Token, TokenEvent,
+    ChatMessage, Constraint, FinishReason, GenerateRequest, Input, Logprobs, MAX_TOP_LOGPROBS,
+    PromptLogprobs, SamplingParams, Scored, Summary, Token, TokenEvent,
 };
 use crate::error::Error;
 
@@ -171,9 +171,10 @@ struct Options {
     #[serde(default)]
     stream: bool,
     stream_options: Option<StreamOptions>,
+    response_format: Option<ResponseFormat>,
 }
 
-const OPTION_FIELDS: [&str; 12] = [
+const OPTION_FIELDS: [&str; 13] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -186,7 +187,23 @@ const OPTION_FIELDS: [&str; 12] = [
     "seed",
     "stream",
     "stream_options",
+    "response_format",
 ];
+
+/// OpenAI's `response_format`: plain text, any JSON object, or JSON valid against a schema.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `json_schema`'s `name` and `strict` change nothing: the output is always held to `schema`.
+#[derive(Debug, Deserialize)]
+struct JsonSchemaFormat {
+    schema: Value,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -219,6 +236,13 @@ impl Options {
                 None => Vec::new(),
                 Some(Stop::One(s)) => vec![s.clone()],
                 Some(Stop::Many(list)) => list.clone(),
+            },
+            constraint: match &self.response_format {
+                None | Some(ResponseFormat::Text) => None,
+                Some(ResponseFormat::JsonObject) => Some(Constraint::JsonObject),
+                Some(ResponseFormat::JsonSchema { json_schema }) => {
+                    Some(Constraint::JsonSchema(json_schema.schema.clone()))
+                }
             },
             ..defaults
         }
@@ -288,10 +312,6 @@ fn check_fields(body: &Map<String, Value>, own: &[&str]) -> Result<(), ApiError>
             "tool_choice" | "function_call" => (
                 value.is_null() || is(json!("none")),
                 "wick does not call tools",
-            ),
-            "response_format" => (
-                value.is_null() || value.get("type") == Some(&json!("text")),
-                "wick writes plain text only",
             ),
             _ => {
                 return Err(ApiError::invalid(

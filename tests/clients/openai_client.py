@@ -10,11 +10,18 @@ usage: openai_client.py BASE_URL MODE [API_KEY]
         three   three completions, one streamed, printing their usage
         metrics /metrics parsed with prometheus_client's own parser
         logprobs  log-probabilities on both endpoints, whole and streamed, and their refusals
+        json    structured output: `parse` with a Pydantic model, schemas sampled at temperature
+                1 (N per schema, default 40) checked with `jsonschema`, a bad schema, a mixed batch
 """
 
+import concurrent.futures
 import json
+import os
 import sys
 import urllib.request
+
+import jsonschema
+import pydantic
 
 import openai
 from prometheus_client.parser import text_string_to_metric_families
@@ -189,6 +196,88 @@ def logprobs():
     emit("REFUSED_COMPLETION", refusal(lambda: api.completions.create(model=MODEL, prompt=prompt, logprobs=30)))
 
 
+class City(pydantic.BaseModel):
+    name: str
+    country: str
+    population: int
+
+
+# Nested objects, arrays, enums, bounded numbers, required and optional fields; strings and
+# arrays bounded so that a sampled text always ends within max_tokens.
+SCHEMAS = {
+    "nested": {"type": "object", "properties": {
+        "person": {"type": "object", "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "address": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                        "required": ["city"], "additionalProperties": False}},
+            "required": ["name", "address"], "additionalProperties": False}},
+        "required": ["person"], "additionalProperties": False},
+    "array": {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "minItems": 1, "maxItems": 3}},
+        "required": ["tags"], "additionalProperties": False},
+    "enum": {"type": "object", "properties": {
+        "color": {"enum": ["red", "green", "blue"]},
+        "size": {"type": "string", "enum": ["S", "M", "L"]}},
+        "required": ["color", "size"], "additionalProperties": False},
+    "bounds": {"type": "object", "properties": {
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "score": {"type": "number", "minimum": -1, "maximum": 1}},
+        "required": ["age", "score"], "additionalProperties": False},
+    "optional": {"type": "object", "properties": {
+        "id": {"type": "integer", "minimum": 1, "maximum": 999},
+        "note": {"type": "string", "maxLength": 10},
+        "done": {"type": "boolean"}},
+        "required": ["id"], "additionalProperties": False},
+}
+
+
+def structured():
+    api = client()
+    ask = [{"role": "user", "content": "Describe Paris as JSON: name, country, population."}]
+    parsed = api.chat.completions.parse(model=MODEL, messages=ask, response_format=City, max_tokens=100,
+                                        temperature=0)
+    message = parsed.choices[0].message
+    emit("PARSED", {"parsed": message.parsed.model_dump(), "content": message.content})
+
+    per_schema = int(os.environ.get("WICK_JSON_SAMPLES", "40"))
+
+    def sample(name, i):
+        reply = api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Write a JSON example ({name}, {i})."}],
+            max_tokens=160, temperature=1, seed=i,
+            response_format={"type": "json_schema", "json_schema": {"name": name, "schema": SCHEMAS[name]}})
+        text = reply.choices[0].message.content
+        try:
+            jsonschema.validate(json.loads(text), SCHEMAS[name])
+            return None
+        except (ValueError, jsonschema.ValidationError) as e:
+            return {"schema": name, "text": text, "finish": reply.choices[0].finish_reason, "error": str(e)[:200]}
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(sample, name, i) for name in SCHEMAS for i in range(per_schema)]
+        invalid = [f.result() for f in futures if f.result() is not None]
+    emit("SAMPLED", {"generations": len(futures), "invalid": invalid})
+
+    any_object = api.completions.create(model=MODEL, prompt="A JSON object describing a cat:", max_tokens=80,
+                                        temperature=0, extra_body={"response_format": {"type": "json_object"}})
+    emit("JSON_OBJECT", {"text": any_object.choices[0].text, "finish": any_object.choices[0].finish_reason})
+    emit("REFUSED_SCHEMA", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=CHAT, response_format={"type": "json_schema", "json_schema": {
+            "name": "bad", "schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}})))
+    emit("REFUSED_FORMAT", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=CHAT, response_format={"type": "yaml"})))
+
+    # A constrained and a free request alone, then at once: the same texts.
+    constrained = dict(model=MODEL, messages=ask, max_tokens=60, temperature=0,
+                       response_format={"type": "json_schema", "json_schema": {"name": "e", "schema": SCHEMAS["enum"]}})
+    free = dict(model=MODEL, messages=CHAT, max_tokens=60, temperature=0)
+    alone = [api.chat.completions.create(**args).choices[0].message.content for args in (constrained, free)]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        together = [f.result().choices[0].message.content
+                    for f in [pool.submit(api.chat.completions.create, **args) for args in (constrained, free)]]
+    emit("MIXED", {"alone": alone, "together": together})
+
+
 def metrics():
     request = urllib.request.Request(f"{BASE}/metrics")
     if KEY != "unused":
@@ -206,4 +295,4 @@ def metrics():
 
 
 {"main": main, "ids": ids, "abort": abort, "auth": auth, "three": three, "metrics": metrics,
- "logprobs": logprobs}[MODE]()
+ "logprobs": logprobs, "json": structured}[MODE]()

@@ -4,8 +4,10 @@ its progress notification arrives, as JSON lines the Rust test checks:
     PROGRESS {"progress": 3.0, "total": 24.0, "message": " Paris"}
     RESULT {"protocol": "...", "text": "...", "structured": {...}, "is_error": false}
 
-usage: py_client.py URL legacy|2026-07-28|sse [cancel]
+usage: py_client.py URL legacy|2026-07-28|sse [cancel|json]
 With `cancel`, the first call is abandoned after 5 tokens and a second, short call follows.
+With `json`, the call carries a `json_schema`, and a call with a schema that cannot compile follows
+(printed as BAD).
 With WICK_API_KEY set, requests carry `Authorization: Bearer $WICK_API_KEY`.
 """
 
@@ -21,7 +23,13 @@ from mcp.client.streamable_http import streamable_http_client
 
 URL, MODE = sys.argv[1], sys.argv[2]
 CANCEL = len(sys.argv) > 3 and sys.argv[3] == "cancel"
+JSON = len(sys.argv) > 3 and sys.argv[3] == "json"
 ARGS = {"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}
+CITY = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                         "country": {"type": "string", "maxLength": 20}},
+        "required": ["city", "country"], "additionalProperties": False}
+if JSON:
+    ARGS = {"prompt": "Paris as JSON:", "max_tokens": 48, "temperature": 0, "json_schema": CITY}
 LONG = {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 1000, "temperature": 0}
 
 
@@ -57,6 +65,10 @@ async def call(session, protocol):
         "structured": result.structured_content,
         "is_error": bool(result.is_error),
     })
+    if JSON:
+        bad = {**ARGS, "json_schema": {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}}
+        result = await session.call_tool("generate", bad)
+        emit("BAD", {"text": result.content[0].text, "is_error": bool(result.is_error)})
 
 
 async def main():
