@@ -202,8 +202,9 @@ class City(pydantic.BaseModel):
     population: int
 
 
-# Nested objects, arrays, enums, bounded numbers, required and optional fields; strings and
-# arrays bounded so that a sampled text always ends within max_tokens.
+# Nested objects, arrays, enums, bounded numbers, required and optional fields; strings, arrays
+# and a number's decimals (`multipleOf`) bounded so that a sampled text always ends within
+# max_tokens: a plain `number` may take digits until max_tokens runs out at temperature 1.
 SCHEMAS = {
     "nested": {"type": "object", "properties": {
         "person": {"type": "object", "properties": {
@@ -221,7 +222,7 @@ SCHEMAS = {
         "required": ["color", "size"], "additionalProperties": False},
     "bounds": {"type": "object", "properties": {
         "age": {"type": "integer", "minimum": 0, "maximum": 120},
-        "score": {"type": "number", "minimum": -1, "maximum": 1}},
+        "score": {"type": "number", "minimum": -1, "maximum": 1, "multipleOf": 0.01}},
         "required": ["age", "score"], "additionalProperties": False},
     "optional": {"type": "object", "properties": {
         "id": {"type": "integer", "minimum": 1, "maximum": 999},
