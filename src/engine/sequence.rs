@@ -310,8 +310,8 @@ impl<'t> Sequence<'t> {
         let logprobs = match self.job.params.logprobs {
             Some(top) if !eos => {
                 let before = self.history.last().copied();
-                let piece = |id| tokenizer::piece(self.tokenizer, before, id);
-                match Logprobs::of(logits, token, top, piece) {
+                let pieces = tokenizer::pieces_after(self.tokenizer, before);
+                match Logprobs::of(logits, token, top, pieces) {
                     Ok(logprobs) => Some(logprobs),
                     Err(e) => {
                         self.finish(FinishReason::Error, Some(format!("log-probabilities: {e}")));
@@ -370,8 +370,8 @@ impl<'t> Sequence<'t> {
                 continue;
             }
             let (before, id) = (prompt[position], prompt[position + 1]);
-            let piece = |id| tokenizer::piece(self.tokenizer, Some(before), id);
-            let scored = Logprobs::of(&logits.get(row)?, id, top, piece)?;
+            let pieces = tokenizer::pieces_after(self.tokenizer, Some(before));
+            let scored = Logprobs::of(&logits.get(row)?, id, top, pieces)?;
             self.prompt_logprobs.push(scored);
         }
         Ok(())
@@ -417,9 +417,8 @@ impl<'t> Sequence<'t> {
             decode_tokens_per_second: rate(self.generated.saturating_sub(1), decode_time),
             error,
             prompt_logprobs: self.job.params.prompt_logprobs.map(|_| PromptLogprobs {
-                first: (self.job.prompt.first()).map_or_else(String::new, |&id| {
-                    tokenizer::piece(self.tokenizer, None, id)
-                }),
+                first: (self.job.prompt.first().copied())
+                    .map_or_else(String::new, tokenizer::pieces_after(self.tokenizer, None)),
                 rest: std::mem::take(&mut self.prompt_logprobs),
             }),
         };

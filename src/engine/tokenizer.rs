@@ -261,18 +261,21 @@ impl<'t> Detokenizer<'t> {
     }
 }
 
-/// The text `id` adds after `before`, special tokens shown: what names a token in
-/// log-probabilities. Decoded after the token before it, so that a SentencePiece word keeps the
-/// leading space that decoding it alone drops; a piece of a multi-byte character shows as U+FFFD.
-pub(crate) fn piece(tokenizer: &Tokenizer, before: Option<u32>, id: u32) -> String {
-    let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
-    if let Some(before) = before {
-        let (alone, both) = (decode(&[before]), decode(&[before, id]));
-        if let Some(piece) = both.strip_prefix(&alone) {
+/// Names tokens by the text each adds after `before`, special tokens shown: how
+/// log-probabilities name a token and its alternatives. Decoded after the token before it, so
+/// that a SentencePiece word keeps the leading space that decoding it alone drops; a piece of a
+/// multi-byte character shows as U+FFFD. `before` is decoded once for all of them.
+pub(crate) fn pieces_after(tokenizer: &Tokenizer, before: Option<u32>) -> impl Fn(u32) -> String {
+    let decode = move |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
+    let alone = before.map(|before| (before, decode(&[before])));
+    move |id| {
+        if let Some((before, alone)) = &alone
+            && let Some(piece) = decode(&[*before, id]).strip_prefix(alone.as_str())
+        {
             return piece.to_string();
         }
+        decode(&[id])
     }
-    decode(&[id])
 }
 
 /// The text of token `id`, for templates that need `bos_token`/`eos_token`.

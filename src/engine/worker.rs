@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::Counters;
 use super::kv::{KvManager, KvStore};
-use super::model::{Logits, Segment, Transformer};
+use super::model::{Segment, Transformer};
 use super::scheduler::{Limits, Scheduler};
 use super::sequence::{Job, Sequence};
 use super::stream::FinishReason;
@@ -130,14 +130,7 @@ fn forward(
             return Err("a finished sequence was scheduled".to_string());
         }
         setup.faults.check(&segments);
-        let wants: Vec<usize> = segments
-            .iter()
-            .map(|s| match s.logits {
-                Logits::None => 0,
-                Logits::Last => 1,
-                Logits::All => s.tokens.len(),
-            })
-            .collect();
+        let wants: Vec<usize> = segments.iter().map(|s| s.logit_rows().len()).collect();
         setup.counters.steps.fetch_add(1, Relaxed);
         let logits = setup
             .model

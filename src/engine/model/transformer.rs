@@ -40,6 +40,18 @@ pub(crate) enum Logits {
     All,
 }
 
+impl Segment<'_> {
+    /// The rows, of its own, whose logits it asks for.
+    pub fn logit_rows(&self) -> std::ops::Range<usize> {
+        let rows = self.tokens.len();
+        match self.logits {
+            Logits::None => rows..rows,
+            Logits::Last => rows.saturating_sub(1)..rows,
+            Logits::All => 0..rows,
+        }
+    }
+}
+
 enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
@@ -278,14 +290,10 @@ impl Transformer {
                     self.config.context_length
                 )));
             }
+            let first = ids.len();
             ids.extend_from_slice(segment.tokens);
             positions.extend(start as u32..end as u32);
-            let first = (ids.len() - segment.tokens.len()) as u32;
-            match segment.logits {
-                Logits::None => {}
-                Logits::Last => logit_rows.push(ids.len() as u32 - 1),
-                Logits::All => logit_rows.extend(first..ids.len() as u32),
-            }
+            logit_rows.extend(segment.logit_rows().map(|row| (first + row) as u32));
         }
         let spans: Vec<Span> = segments
             .iter()
