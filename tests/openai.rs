@@ -342,6 +342,85 @@ fn openai_sdk_structured_output() {
     );
 }
 
+/// Tool calls through the SDK: for each `tool_choice`, the streamed reply the SDK's users put
+/// together equals the whole one; `required` calls sampled at temperature 1 all validate against
+/// their tool's schema; a call and its result sent back are rendered into the prompt; refusals.
+#[test]
+fn openai_sdk_tool_calls() {
+    let server = ServerProcess::serve(&[]);
+    let seen = run(&server.base, "tools", None);
+
+    for reply in &seen["TOOLS"] {
+        let choice = reply["choice"].as_str().unwrap();
+        let whole = &reply["whole"];
+        assert_eq!(whole, &reply["streamed"], "{reply}");
+        let calls = whole["calls"].as_array().unwrap();
+        let ids = |key: &str| reply[key].as_array().unwrap().clone();
+        assert!(
+            ids("ids")
+                .iter()
+                .chain(&ids("streamed_ids"))
+                .all(|id| id.as_str().is_some_and(|id| id.starts_with("call_"))),
+            "{reply}"
+        );
+        match choice {
+            "required" | "named" => {
+                assert_eq!(whole["finish"], "tool_calls", "{reply}");
+                assert_eq!(
+                    calls.len(),
+                    1,
+                    "one call unless parallel_tool_calls: {reply}"
+                );
+                assert_eq!(whole["text"], Value::Null, "{reply}");
+                let arguments: Value =
+                    serde_json::from_str(calls[0][1].as_str().unwrap()).expect("JSON arguments");
+                assert!(arguments.is_object(), "{reply}");
+                if choice == "named" {
+                    assert_eq!(calls[0][0], "get_time", "{reply}");
+                }
+            }
+            // With `none` the tools are not offered, so no call can be made.
+            "none" => {
+                assert!(calls.is_empty(), "{reply}");
+                assert_ne!(whole["finish"], "tool_calls", "{reply}");
+            }
+            // The model chooses: whatever it chose, the reply is one or the other.
+            _ => assert_eq!(calls.is_empty(), whole["finish"] != "tool_calls", "{reply}"),
+        }
+    }
+    assert_eq!(seen["TOOLS"].len(), 4);
+
+    let sampled = one(&seen, "REQUIRED_SAMPLED");
+    assert!(sampled["generations"].as_u64().unwrap() >= 5, "{sampled}");
+    assert_eq!(sampled["invalid"], serde_json::json!([]), "{sampled}");
+
+    // The call and the tool's result make the prompt longer than the question alone.
+    let history = one(&seen, "HISTORY");
+    assert!(
+        history["prompt_tokens"].as_u64() > history["ask_prompt_tokens"].as_u64(),
+        "{history}"
+    );
+
+    let unknown = one(&seen, "REFUSED_UNKNOWN_FUNCTION");
+    assert_eq!(unknown["status"], 400, "{unknown}");
+    assert!(
+        unknown["message"].as_str().unwrap().contains("fly"),
+        "{unknown}"
+    );
+    assert_refused(one(&seen, "REFUSED_NO_TOOLS"), 400, "tool_choice");
+    assert_refused(one(&seen, "REFUSED_TOOL_TYPE"), 400, "tools");
+    let both = one(&seen, "REFUSED_WITH_FORMAT");
+    assert_eq!(both["status"], 400, "{both}");
+    assert!(
+        both["message"]
+            .as_str()
+            .unwrap()
+            .contains("response format"),
+        "{both}"
+    );
+    assert_refused(one(&seen, "REFUSED_ON_COMPLETIONS"), 400, "tools");
+}
+
 /// Log-probabilities most likely first, whose probabilities add up to at most 1.
 fn assert_sorted_and_at_most_one(top: &[Value], logprob: impl Fn(&Value) -> f64) {
     let values: Vec<f64> = top.iter().map(logprob).collect();

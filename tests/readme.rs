@@ -144,10 +144,10 @@ fn readme_openai_snippet_streams_and_exits() {
     let server = ServerProcess::serve(&[]);
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("snippet.py");
-    // The structured-output snippet (`parse`), then the streaming one.
+    // The structured-output snippet (`parse`), the tool call, then the streaming one.
     let blocks = snippets(OPENAI, "python");
-    assert_eq!(blocks.len(), 2, "{blocks:?}");
-    let (parse, streaming) = (&blocks[0], &blocks[1]);
+    assert_eq!(blocks.len(), 3, "{blocks:?}");
+    let (parse, tools, streaming) = (&blocks[0], &blocks[1], &blocks[2]);
     std::fs::write(&script, for_server(parse, &server)).unwrap();
     let mut command = Command::new(python());
     command.arg(&script);
@@ -156,6 +156,11 @@ fn readme_openai_snippet_streams_and_exits() {
         stdout.contains("name=") && stdout.contains("population="),
         "{stdout}"
     );
+    std::fs::write(&script, for_server(tools, &server)).unwrap();
+    let mut command = Command::new(python());
+    command.arg(&script);
+    let stdout = run(command);
+    assert!(stdout.starts_with("get_weather {'city': "), "{stdout}");
     std::fs::write(&script, for_server(streaming, &server)).unwrap();
     let mut command = Command::new(python());
     command.arg(&script);
@@ -164,7 +169,7 @@ fn readme_openai_snippet_streams_and_exits() {
     // Each delta as it came, then the newline the snippet ends with.
     assert!(stdout.ends_with('\n'), "{stdout:?}");
     let stats = server.stats();
-    assert_eq!(stats["requests"], 2, "{stats}");
+    assert_eq!(stats["requests"], 4, "{stats}");
     assert!(stats["tokens"].as_u64().unwrap() > 1, "{stats}");
 
     let mut curl = Command::new("bash");

@@ -5,6 +5,7 @@ use minijinja::{Environment, ErrorKind, Value, context};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::tools::{Tool, ToolCall, ToolSyntax, generic_conversation, template_message};
 use crate::error::{Error, Result};
 
 /// The roles a message may have: what chat templates are written for.
@@ -18,6 +19,14 @@ pub struct ChatMessage {
     pub role: String,
     /// What they say.
     pub content: String,
+    /// The calls an assistant message made (OpenAI's history; not offered over MCP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(skip)]
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -25,6 +34,8 @@ impl ChatMessage {
         Self {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 
@@ -42,6 +53,7 @@ pub(crate) struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
+    tool_syntax: ToolSyntax,
 }
 
 const NAME: &str = "chat";
@@ -62,12 +74,23 @@ impl ChatTemplate {
             env,
             bos_token,
             eos_token,
+            tool_syntax: ToolSyntax::of_template(source),
         })
     }
 
-    /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
-    /// reply begins.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+    /// How this template writes tool calls.
+    pub fn tool_syntax(&self) -> ToolSyntax {
+        self.tool_syntax
+    }
+
+    /// Renders a conversation offering `tools`; with `add_generation_prompt` the text ends where
+    /// the assistant's reply begins.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[Tool],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         if messages.is_empty() {
             return Err(Error::InvalidRequest(
                 "messages must hold at least one message".into(),
@@ -88,9 +111,17 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| Error::Template(e.to_string()))?;
+        let (messages, tools) = if self.tool_syntax.template_renders_tools() {
+            let tools: Vec<&serde_json::Value> = tools.iter().map(|t| &t.spec).collect();
+            (messages.to_vec(), (!tools.is_empty()).then_some(tools))
+        } else {
+            (generic_conversation(messages, tools), None)
+        };
+        let messages: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
         template
             .render(context! {
                 messages => messages,
+                tools => tools,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
@@ -113,6 +144,7 @@ impl ChatTemplate {
                 ChatMessage::user("hi"),
                 ChatMessage::new("assistant", PROBE),
             ],
+            &[],
             false,
         )?;
         Ok(rendered
@@ -190,7 +222,7 @@ mod tests {
     #[test]
     fn renders_chatml_with_python_methods() {
         let t = ChatTemplate::new(CHATML, "".into(), "<|im_end|>".into()).unwrap();
-        let text = t.render(&[ChatMessage::user(" hi ")], true).unwrap();
+        let text = t.render(&[ChatMessage::user(" hi ")], &[], true).unwrap();
         assert_eq!(
             text,
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
@@ -206,23 +238,28 @@ mod tests {
             "".into(),
         )
         .unwrap();
-        let err = t.render(&[ChatMessage::system("x")], true).unwrap_err();
+        let err = t
+            .render(&[ChatMessage::system("x")], &[], true)
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidRequest(ref m) if m.contains("first must be user")));
-        assert!(matches!(t.render(&[], true), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            t.render(&[], &[], true),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 
     #[test]
     fn a_role_templates_do_not_know_is_refused_naming_the_message() {
         let t = ChatTemplate::new(CHATML, "".into(), "<|im_end|>".into()).unwrap();
         let messages = [ChatMessage::user("hi"), ChatMessage::new("robot", "beep")];
-        let err = t.render(&messages, true).unwrap_err();
+        let err = t.render(&messages, &[], true).unwrap_err();
         assert!(
             matches!(err, Error::InvalidRequest(ref m) if m.contains("messages[1]") && m.contains("robot")),
             "{err}"
         );
         for role in ROLES {
             assert!(
-                t.render(&[ChatMessage::new(role, "x")], true).is_ok(),
+                t.render(&[ChatMessage::new(role, "x")], &[], true).is_ok(),
                 "{role}"
             );
         }

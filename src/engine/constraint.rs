@@ -5,6 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
 use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::SimpleVob;
 use llguidance::{Matcher, ParserFactory};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
@@ -23,6 +24,8 @@ pub enum Constraint {
     Regex(String),
     /// A Lark grammar, in llguidance's dialect.
     Lark(String),
+    /// The calls `tool_choice` requires, as a Lark grammar over the tools' schemas.
+    ToolCalls(String),
 }
 
 impl Constraint {
@@ -33,7 +36,9 @@ impl Constraint {
                 TopLevelGrammar::from_json_schema(layout(&serde_json::json!({ "type": "object" })))
             }
             Constraint::Regex(regex) => TopLevelGrammar::from_regex(regex),
-            Constraint::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            Constraint::Lark(lark) | Constraint::ToolCalls(lark) => {
+                TopLevelGrammar::from_lark(lark.clone())
+            }
         }
     }
 
@@ -43,6 +48,7 @@ impl Constraint {
             Constraint::JsonObject => "the JSON object grammar",
             Constraint::Regex(_) => "the regex",
             Constraint::Lark(_) => "the grammar",
+            Constraint::ToolCalls(_) => "a tool's parameters schema",
         }
     }
 }
@@ -50,7 +56,7 @@ impl Constraint {
 /// `schema` with JSON laid out on one line, `{"a": 1, "b": [2, 3]}`, unless it sets its own
 /// llguidance options (`x-guidance`): free whitespace lets a small model pad the text with blank
 /// lines until `max_tokens` runs out.
-fn layout(schema: &serde_json::Value) -> serde_json::Value {
+pub(crate) fn layout(schema: &serde_json::Value) -> serde_json::Value {
     let mut schema = schema.clone();
     if let Some(object) = schema.as_object_mut() {
         object.entry("x-guidance").or_insert_with(|| {
@@ -118,23 +124,44 @@ impl Grammars {
     }
 }
 
-/// `logits` `(vocab,)` with every token `matcher` does not allow now set to −∞.
-pub(crate) fn mask(matcher: &mut Matcher, logits: &Tensor) -> Result<Tensor> {
-    let allowed = matcher
+/// The tokens `matcher` allows next.
+pub(crate) fn next_mask(matcher: &mut Matcher) -> std::result::Result<SimpleVob, String> {
+    matcher
         .compute_mask()
-        .map_err(|e| Error::InvalidRequest(format!("the constraint failed: {e}")))?;
-    let mut values: Vec<f32> = logits
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    for (id, value) in values.iter_mut().enumerate() {
-        if id >= allowed.len() || !allowed.is_allowed(id as u32) {
-            *value = f32::NEG_INFINITY;
+        .map_err(|e| format!("the constraint failed: {e}"))
+}
+
+/// `logits` `(vocab,)` with every token not in `allowed` set to −∞.
+pub(crate) fn apply(allowed: &SimpleVob, logits: &Tensor) -> std::result::Result<Tensor, String> {
+    let masked = || -> Result<Tensor> {
+        let mut values: Vec<f32> = logits
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        for (id, value) in values.iter_mut().enumerate() {
+            if id >= allowed.len() || !allowed.is_allowed(id as u32) {
+                *value = f32::NEG_INFINITY;
+            }
         }
-    }
-    Ok(Tensor::from_vec(
-        values,
-        logits.elem_count(),
-        logits.device(),
-    )?)
+        Ok(Tensor::from_vec(
+            values,
+            logits.elem_count(),
+            logits.device(),
+        )?)
+    };
+    masked().map_err(|e| format!("the constraint's mask failed: {e}"))
+}
+
+/// Whether `grammar` (Lark) admits all of `text`: for tests, on a tokenizer of single bytes.
+#[cfg(test)]
+pub(crate) fn lark_accepts(grammar: &str, text: &str) -> bool {
+    use llguidance::toktrie::ApproximateTokEnv;
+    let env = ApproximateTokEnv::single_byte_env();
+    let Ok(factory) = ParserFactory::new_simple(&env) else {
+        return false;
+    };
+    let parser = factory.create_parser(TopLevelGrammar::from_lark(grammar.to_string()));
+    let mut matcher = Matcher::new(parser);
+    let tokens = env.tokenize_bytes(text.as_bytes());
+    matcher.consume_tokens(&tokens).is_ok() && matcher.is_accepting().unwrap_or(false)
 }

@@ -10,13 +10,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::chat::ChatTemplate;
-use super::constraint::Grammars;
+use super::constraint::{Constraint, Grammars};
 use super::kv::KvShape;
 use super::request::{GenerateRequest, Input};
 use super::sequence::Job;
 use super::stats::{Counters, EngineStats};
 use super::stream::TokenStream;
 use super::tokenizer;
+use super::tools::{Tool, ToolSyntax, ToolUse};
 use super::worker::FaultInjection;
 use crate::error::{Error, Result};
 use crate::registry::Backend;
@@ -102,9 +103,20 @@ impl Engine {
     /// Starts a generation. Errors that the request itself causes (bad parameters, a prompt
     /// past the context window, a full queue) come back here, before any work is done.
     pub fn generate(&self, request: GenerateRequest) -> Result<TokenStream> {
-        let params = request.params;
+        let mut params = request.params;
         params.validate()?;
-        let prompt = self.encode_input(&request.input)?;
+        let offered = request.tools.as_ref().map_or(&[][..], ToolUse::offered);
+        let prompt = self.encode(&request.input, offered)?;
+        if let Some(tools) = &request.tools
+            && let Some(grammar) = tools.grammar(self.tool_syntax()?)?
+        {
+            if params.constraint.is_some() {
+                return Err(Error::InvalidRequest(
+                    "a required tool call cannot also be held to a response format".into(),
+                ));
+            }
+            params.constraint = Some(Constraint::ToolCalls(grammar));
+        }
         if prompt.is_empty() {
             return Err(Error::InvalidRequest("the prompt is empty".into()));
         }
@@ -166,19 +178,38 @@ impl Engine {
         Ok(TokenStream::new(receiver))
     }
 
+    /// How this model's chat template writes tool calls; an error for a model that cannot chat.
+    pub fn tool_syntax(&self) -> Result<ToolSyntax> {
+        Ok(self.chat()?.tool_syntax())
+    }
+
+    fn chat(&self) -> Result<&ChatTemplate> {
+        self.chat.as_ref().map_err(|why| {
+            Error::InvalidRequest(format!(
+                "model {} cannot chat: {why}; send a plain prompt instead",
+                self.info.name
+            ))
+        })
+    }
+
     /// The token ids the model would see for `input`.
     pub fn encode_input(&self, input: &Input) -> Result<Vec<u32>> {
+        self.encode(input, &[])
+    }
+
+    /// The token ids the model sees for `input`, a chat offering `tools`.
+    fn encode(&self, input: &Input, tools: &[Tool]) -> Result<Vec<u32>> {
+        if !tools.is_empty() && !matches!(input, Input::Chat(_)) {
+            return Err(Error::InvalidRequest(
+                "tools are offered in a chat only".into(),
+            ));
+        }
         match input {
             Input::Prompt(text) => tokenizer::encode(&self.tokenizer, text, true),
             Input::Chat(messages) => {
-                let chat = self.chat.as_ref().map_err(|why| {
-                    Error::InvalidRequest(format!(
-                        "model {} cannot chat: {why}; send a plain prompt instead",
-                        self.info.name
-                    ))
-                })?;
+                let text = self.chat()?.render(messages, tools, true)?;
                 // The rendered template carries its own BOS.
-                tokenizer::encode(&self.tokenizer, &chat.render(messages, true)?, false)
+                tokenizer::encode(&self.tokenizer, &text, false)
             }
             Input::Tokens(tokens) => {
                 let vocab = self.vocab_size();

@@ -24,6 +24,7 @@ mod start;
 mod stats;
 pub(crate) mod stream;
 pub(crate) mod tokenizer;
+mod tools;
 mod worker;
 
 pub use chat::ChatMessage;
@@ -39,5 +40,6 @@ pub use sampling::{Logprobs, MAX_TOP_LOGPROBS, PromptLogprobs, SamplingParams, S
 pub use start::{KvDTypeChoice, LoadOptions};
 pub use stats::EngineStats;
 pub use stream::{Completion, FinishReason, Summary, Token, TokenEvent, TokenStream};
+pub use tools::{Tool, ToolCall, ToolCallParser, ToolChoice, ToolEvent, ToolSyntax, ToolUse};
 
 pub(crate) use stats::Counters;

@@ -4,6 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::chat::ChatMessage;
 use super::sampling::SamplingParams;
+use super::tools::ToolUse;
 
 /// What to generate from.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +23,8 @@ pub enum Input {
 pub struct GenerateRequest {
     pub input: Input,
     pub params: SamplingParams,
+    /// The tools a chat offers the model.
+    pub tools: Option<ToolUse>,
     /// Cancelling it stops the generation at the next token (as dropping the stream does).
     pub cancel: CancellationToken,
 }
@@ -39,12 +42,18 @@ impl GenerateRequest {
         Self {
             input,
             params: SamplingParams::default(),
+            tools: None,
             cancel: CancellationToken::new(),
         }
     }
 
     pub fn with_params(mut self, params: SamplingParams) -> Self {
         self.params = params;
+        self
+    }
+
+    pub fn with_tools(mut self, tools: ToolUse) -> Self {
+        self.tools = Some(tools);
         self
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use llguidance::Matcher;
+use llguidance::toktrie::SimpleVob;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +68,8 @@ pub(crate) struct Sequence<'t> {
     /// The prompt's log-probabilities so far, when asked for: those of token `i + 1`.
     prompt_logprobs: Vec<Logprobs>,
     stops: StopMatcher,
+    /// The constraint's mask for the next token, where it was computed beside the forward pass.
+    mask: Option<Result<SimpleVob, String>>,
     /// Prompt and generated tokens, for the repeat penalty.
     history: Vec<u32>,
     generated: usize,
@@ -104,6 +107,7 @@ impl<'t> Sequence<'t> {
             tokenizer,
             decoder,
             prompt_logprobs: Vec::new(),
+            mask: None,
             generated: 0,
             admitted: Instant::now(),
             prefilled: None,
@@ -116,6 +120,22 @@ impl<'t> Sequence<'t> {
 
     pub fn finished(&self) -> bool {
         self.finished
+    }
+
+    /// The constraint's matcher, lent out to compute the next token's mask beside the forward
+    /// pass (its state changes only when a token is sampled); `None` where there is none, or
+    /// the mask is already there.
+    pub fn lend_matcher(&mut self) -> Option<Matcher> {
+        if self.finished || self.mask.is_some() {
+            return None;
+        }
+        self.job.matcher.take()
+    }
+
+    /// The lent matcher back, with the mask it computed.
+    pub fn return_matcher(&mut self, matcher: Matcher, mask: Result<SimpleVob, String>) {
+        self.job.matcher = Some(matcher);
+        self.mask = Some(mask);
     }
 
     /// Prompt tokens not yet in the cache.
@@ -236,7 +256,7 @@ impl<'t> Sequence<'t> {
         let first = self.fed;
         self.fed += std::mem::take(&mut self.feeding);
         let samples = std::mem::take(&mut self.sampling);
-        let Some(logits) = logits else {
+        let Some(logits) = logits.filter(|_| !self.finished) else {
             return;
         };
         if let Some(top) = self.job.params.prompt_logprobs
@@ -271,13 +291,19 @@ impl<'t> Sequence<'t> {
         let logits = &logits;
         // A constraint leaves only the tokens that keep the text valid.
         let allowed = match self.job.matcher.as_mut() {
-            Some(matcher) => match constraint::mask(matcher, logits) {
-                Ok(masked) => Some(masked),
-                Err(e) => {
-                    self.finish(FinishReason::Error, Some(e.to_string()));
-                    return;
+            Some(matcher) => {
+                let mask = self
+                    .mask
+                    .take()
+                    .unwrap_or_else(|| constraint::next_mask(matcher));
+                match mask.and_then(|mask| constraint::apply(&mask, logits)) {
+                    Ok(masked) => Some(masked),
+                    Err(e) => {
+                        self.finish(FinishReason::Error, Some(e));
+                        return;
+                    }
                 }
-            },
+            }
             None => None,
         };
         let token = match self

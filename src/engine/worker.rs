@@ -13,10 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use candle_core::{Device, Tensor};
+use llguidance::Matcher;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
 
 use super::Counters;
+use super::constraint;
 use super::kv::{KvManager, KvStore};
 use super::model::{Segment, Transformer};
 use super::scheduler::{Limits, Scheduler};
@@ -88,7 +90,7 @@ fn run(setup: WorkerSetup, kv: KvManager, jobs: mpsc::Receiver<Job>) {
         if step.is_empty() {
             continue;
         }
-        match forward(&setup, &mut step, chunk) {
+        match forward_beside_masks(&setup, &mut step, chunk) {
             Ok(logits) => hand_out(&setup, &mut step, logits),
             Err(error) if step.len() > 1 => {
                 tracing::warn!(
@@ -111,6 +113,50 @@ fn run(setup: WorkerSetup, kv: KvManager, jobs: mpsc::Receiver<Job>) {
         scheduler.update();
     }
     tracing::debug!(model = %setup.name, "engine stopped");
+}
+
+/// [`forward`], while another thread computes the next-token masks of the step's constrained
+/// sequences (a mask depends only on the tokens so far), so that a mask costs the step nothing
+/// where a core is free (always beside a GPU).
+fn forward_beside_masks(
+    setup: &WorkerSetup,
+    step: &mut [&mut Sequence<'_>],
+    chunk: usize,
+) -> Result<Vec<Option<Tensor>>, String> {
+    let lent: Vec<(usize, Matcher)> = step
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, seq)| seq.lend_matcher().map(|matcher| (i, matcher)))
+        .collect();
+    if lent.is_empty() {
+        return forward(setup, step, chunk);
+    }
+    let lenders: Vec<usize> = lent.iter().map(|(i, _)| *i).collect();
+    std::thread::scope(|scope| {
+        let masks = scope.spawn(move || {
+            lent.into_iter()
+                .map(|(i, mut matcher)| {
+                    let mask = constraint::next_mask(&mut matcher);
+                    (i, matcher, mask)
+                })
+                .collect::<Vec<_>>()
+        });
+        let logits = forward(setup, step, chunk);
+        match masks.join() {
+            Ok(masks) => {
+                for (i, matcher, mask) in masks {
+                    step[i].return_matcher(matcher, mask);
+                }
+            }
+            // The matchers are gone with the thread: their sequences cannot go on.
+            Err(_) => {
+                for i in lenders {
+                    fail(setup, step[i], "the constraint's mask failed".into());
+                }
+            }
+        }
+        logits
+    })
 }
 
 /// One forward pass over the step's rows; the logits of the sequences that sample, on the CPU

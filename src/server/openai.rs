@@ -2,7 +2,7 @@
 //! the same engine and token stream as the MCP tools.
 //!
 //! Every field OpenAI defines is either honoured or refused: a value wick cannot honour
-//! (`n: 2`, `echo: true`, tools…) and a field OpenAI does not define both get a 400 naming
+//! (`n: 2`, `echo` on chat, `functions`…) and a field OpenAI does not define both get a 400 naming
 //! the field, as OpenAI itself answers unknown fields. Sampling defaults are OpenAI's
 //! (temperature 1, top_p 1, no repeat penalty), and `max_tokens` defaults to 256 as on MCP.
 //! A client that disconnects drops the token stream, which stops its generation at the next
@@ -31,7 +31,8 @@ use super::invalid_argument::InvalidArgument;
 use super::metrics::Frontend;
 use crate::engine::{
     ChatMessage, Constraint, FinishReason, GenerateRequest, Input, Logprobs, MAX_TOP_LOGPROBS,
-    PromptLogprobs, SamplingParams, Scored, Summary, Token, TokenEvent,
+    PromptLogprobs, SamplingParams, Scored, Summary, Token, TokenEvent, Tool, ToolCall,
+    ToolCallParser, ToolChoice, ToolEvent, ToolSyntax, ToolUse,
 };
 use crate::error::Error;
 
@@ -305,14 +306,7 @@ fn check_fields(body: &Map<String, Value>, own: &[&str]) -> Result<(), ApiError>
                 value.is_null() || value.as_object().is_some_and(Map::is_empty),
                 "wick does not bias tokens",
             ),
-            "tools" | "functions" => (
-                value.is_null() || value.as_array().is_some_and(Vec::is_empty),
-                "wick does not call tools",
-            ),
-            "tool_choice" | "function_call" => (
-                value.is_null() || is(json!("none")),
-                "wick does not call tools",
-            ),
+            "functions" | "function_call" => (value.is_null(), "use tools and tool_choice"),
             _ => {
                 return Err(ApiError::invalid(
                     Some(name),
@@ -358,13 +352,60 @@ struct ChatBody {
     #[serde(default)]
     logprobs: bool,
     top_logprobs: Option<usize>,
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<ToolChoiceIn>,
+    parallel_tool_calls: Option<bool>,
 }
+
+const CHAT_FIELDS: [&str; 6] = [
+    "messages",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
 
 #[derive(Debug, Deserialize)]
 struct Message {
     role: String,
     content: Option<Content>,
-    tool_calls: Option<Vec<Value>>,
+    tool_calls: Option<Vec<CallIn>>,
+    tool_call_id: Option<String>,
+}
+
+/// An earlier call in the history, as OpenAI's clients send it back.
+#[derive(Debug, Deserialize)]
+struct CallIn {
+    id: String,
+    function: FunctionIn,
+}
+
+#[derive(Debug, Deserialize)]
+struct FunctionIn {
+    name: String,
+    arguments: String,
+}
+
+/// `tool_choice`: `"auto"`, `"none"`, `"required"`, or `{"type": "function", "function": {"name"}}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ToolChoiceIn {
+    Mode(ToolMode),
+    Function { function: NamedFunction },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ToolMode {
+    Auto,
+    None,
+    Required,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamedFunction {
+    name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -402,21 +443,22 @@ impl ChatBody {
                 let role = match message.role.as_str() {
                     // OpenAI's newer name for the system prompt.
                     "developer" | "system" => "system",
-                    "user" | "assistant" => message.role.as_str(),
+                    "user" | "assistant" | "tool" => message.role.as_str(),
                     other => {
                         return Err(ApiError::invalid(
                             Some(&format!("messages[{i}].role")),
                             format!(
-                                "unsupported role `{other}`; wick takes system, developer, user \
-                                 and assistant messages"
+                                "unsupported role `{other}`; wick takes system, developer, user, \
+                                 assistant and tool messages"
                             ),
                         ));
                     }
                 };
-                if message.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) {
+                let calls = message.tool_calls.unwrap_or_default();
+                if role != "assistant" && !calls.is_empty() {
                     return Err(ApiError::invalid(
                         Some(&format!("messages[{i}].tool_calls")),
-                        "wick does not call tools".into(),
+                        "only assistant messages carry tool calls".into(),
                     ));
                 }
                 let content = match message.content {
@@ -441,9 +483,52 @@ impl ChatBody {
                         text
                     }
                 };
-                Ok(ChatMessage::new(role, content))
+                let mut out = ChatMessage::new(role, content);
+                out.tool_calls = calls
+                    .into_iter()
+                    .map(|call| ToolCall {
+                        id: call.id,
+                        name: call.function.name,
+                        arguments: call.function.arguments,
+                    })
+                    .collect();
+                out.tool_call_id = message.tool_call_id;
+                Ok(out)
             })
             .collect()
+    }
+
+    /// The tools offered, with the choice among them; `None` where none are.
+    fn tools(&mut self) -> Result<Option<ToolUse>, ApiError> {
+        let tools = self.tools.take().unwrap_or_default();
+        let choice = match self.tool_choice.take() {
+            None | Some(ToolChoiceIn::Mode(ToolMode::Auto)) => ToolChoice::Auto,
+            Some(ToolChoiceIn::Mode(ToolMode::None)) => ToolChoice::None,
+            Some(ToolChoiceIn::Mode(ToolMode::Required)) => ToolChoice::Required,
+            Some(ToolChoiceIn::Function { function }) => ToolChoice::Function(function.name),
+        };
+        if tools.is_empty() {
+            return match choice {
+                ToolChoice::Auto | ToolChoice::None => Ok(None),
+                _ => Err(ApiError::invalid(
+                    Some("tool_choice"),
+                    "tool_choice asks for a call, but no tools are given".into(),
+                )),
+            };
+        }
+        let tools = tools
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                Tool::from_openai(spec, &format!("tools[{i}]"))
+                    .map_err(|e| ApiError::invalid(Some("tools"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(ToolUse {
+            tools,
+            choice,
+            parallel: self.parallel_tool_calls.unwrap_or(false),
+        }))
     }
 }
 
@@ -517,17 +602,18 @@ async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body = object(&body)?;
-    check_fields(&body, &["messages", "logprobs", "top_logprobs"])?;
+    check_fields(&body, &CHAT_FIELDS)?;
     let options: Options = parse(&body)?;
     options.check()?;
-    let chat = parse::<ChatBody>(&body)?;
+    let mut chat = parse::<ChatBody>(&body)?;
     let logprobs = chat.logprobs()?;
+    let tools = chat.tools()?;
     let input = Input::Chat(chat.messages()?);
     let scoring = Scoring {
         logprobs,
         echo: false,
     };
-    generate(&state, Endpoint::Chat, options, input, scoring).await
+    generate(&state, Endpoint::Chat, options, input, scoring, tools).await
 }
 
 async fn completions(
@@ -553,7 +639,7 @@ async fn completions(
         echo: completion.echo,
     };
     let input = completion.prompt.input()?;
-    generate(&state, Endpoint::Completions, options, input, scoring).await
+    generate(&state, Endpoint::Completions, options, input, scoring, None).await
 }
 
 /// What a reply reports besides the text: log-probabilities with this many alternatives, and
@@ -570,6 +656,7 @@ async fn generate(
     options: Options,
     input: Input,
     scoring: Scoring,
+    tools: Option<ToolUse>,
 ) -> Result<Response, ApiError> {
     let params = SamplingParams {
         logprobs: scoring.logprobs,
@@ -577,10 +664,19 @@ async fn generate(
         ..options.params()
     };
     let echoed = scoring.echo.then(|| input.clone());
-    let request = GenerateRequest::new(input).with_params(params);
+    let calling = tools.as_ref().is_some_and(|t| !t.offered().is_empty());
+    let mut request = GenerateRequest::new(input).with_params(params);
+    if let Some(tools) = tools {
+        request = request.with_tools(tools);
+    }
     // A client that goes away drops the token stream, which ends the generation.
     let model = options.model.as_deref();
     let generation = Generation::start(state, Frontend::Openai, model, request, None).await?;
+    // The reply's text is searched for calls in the syntax of the model's template.
+    let calls = Calls::new(match calling {
+        true => Some(generation.engine.tool_syntax()?),
+        false => None,
+    });
     let reply = Reply {
         endpoint,
         id: format!(
@@ -598,14 +694,14 @@ async fn generate(
     if options.stream {
         let state = Arc::clone(state);
         let usage = options.include_usage();
-        Ok(stream(state, reply, generation, usage, wants_logprobs).into_response())
+        Ok(stream(state, reply, generation, calls, usage, wants_logprobs).into_response())
     } else {
         let echoed = match echoed {
             Some(Input::Prompt(text)) => text,
             Some(Input::Tokens(ids)) => generation.engine.decode(&ids)?,
             Some(Input::Chat(_)) | None => String::new(),
         };
-        whole(state, reply, generation, wants_logprobs, echoed).await
+        whole(state, reply, generation, calls, wants_logprobs, echoed).await
     }
 }
 
@@ -637,52 +733,162 @@ impl Reply {
     }
 
     /// A streamed chunk; `logprobs` are those of the tokens whose text it carries.
-    fn chunk(
-        &self,
-        text: &str,
-        role: bool,
-        finish: Option<FinishReason>,
-        logprobs: Value,
-    ) -> Value {
-        let finish_reason = finish.map(|f| f.to_string());
-        match self.endpoint {
-            Endpoint::Chat => {
-                let delta = match (role, finish) {
-                    (true, _) => json!({ "role": "assistant", "content": text }),
-                    (false, Some(_)) => json!({}),
-                    (false, None) => json!({ "content": text }),
+    fn chunk(&self, delta: Delta, logprobs: Value) -> Value {
+        let finish_reason = match &delta {
+            Delta::Finish(reason) => Some(*reason),
+            _ => None,
+        };
+        let choice = match (self.endpoint, delta) {
+            (Endpoint::Chat, delta) => {
+                let delta = match delta {
+                    Delta::Role => json!({ "role": "assistant", "content": "" }),
+                    Delta::Text(text) => json!({ "content": text }),
+                    Delta::Call(call) => json!({ "tool_calls": [call] }),
+                    Delta::Finish(_) => json!({}),
                 };
+                json!({ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason })
+            }
+            (Endpoint::Completions, delta) => {
+                let text = match delta {
+                    Delta::Text(text) => text,
+                    _ => "",
+                };
+                json!({ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason })
+            }
+        };
+        self.envelope(self.chunk_object(), json!([choice]))
+    }
+
+    fn whole(&self, answer: Answer, summary: &Summary, logprobs: Value) -> Value {
+        let finish_reason = finish_reason(summary, !answer.calls.is_empty());
+        let mut reply = match self.endpoint {
+            Endpoint::Chat => {
+                let mut message = json!({ "role": "assistant", "content": answer.text });
+                if !answer.calls.is_empty() {
+                    if answer.text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = answer.calls.into();
+                }
                 self.envelope(
-                    self.chunk_object(),
-                    json!([{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason }]),
+                    "chat.completion",
+                    json!([{
+                        "index": 0,
+                        "message": message,
+                        "logprobs": logprobs,
+                        "finish_reason": finish_reason,
+                    }]),
                 )
             }
             Endpoint::Completions => self.envelope(
-                self.chunk_object(),
-                json!([{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason }]),
-            ),
-        }
-    }
-
-    fn whole(&self, text: String, summary: &Summary, logprobs: Value) -> Value {
-        let finish_reason = summary.finish_reason.to_string();
-        let mut reply = match self.endpoint {
-            Endpoint::Chat => self.envelope(
-                "chat.completion",
-                json!([{
-                    "index": 0,
-                    "message": { "role": "assistant", "content": text },
-                    "logprobs": logprobs,
-                    "finish_reason": finish_reason,
-                }]),
-            ),
-            Endpoint::Completions => self.envelope(
                 "text_completion",
-                json!([{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason }]),
+                json!([{ "index": 0, "text": answer.text, "logprobs": logprobs, "finish_reason": finish_reason }]),
             ),
         };
         reply["usage"] = usage(summary);
         reply
+    }
+}
+
+/// What a streamed chunk carries.
+enum Delta<'a> {
+    /// The first chat chunk: who speaks.
+    Role,
+    Text(&'a str),
+    /// A `tool_calls` entry: a call's start (index, id, name) or the next part of its arguments.
+    Call(Value),
+    /// The last chunk: why the generation ended.
+    Finish(&'static str),
+}
+
+/// OpenAI's `finish_reason`: `tool_calls` for a reply that called and then stopped.
+fn finish_reason(summary: &Summary, called: bool) -> &'static str {
+    match summary.finish_reason {
+        FinishReason::Stop if called => "tool_calls",
+        reason => reason.as_str(),
+    }
+}
+
+/// A whole reply: its text and its calls (OpenAI's `tool_calls` entries).
+#[derive(Default)]
+struct Answer {
+    text: String,
+    calls: Vec<Value>,
+}
+
+/// The tool calls in a reply's text, found as it comes; without tools, all of it is text.
+struct Calls {
+    parser: Option<ToolCallParser>,
+    /// The id of each call begun.
+    ids: Vec<String>,
+}
+
+impl Calls {
+    fn new(syntax: Option<ToolSyntax>) -> Self {
+        Self {
+            parser: syntax.map(ToolCallParser::new),
+            ids: Vec::new(),
+        }
+    }
+
+    /// The next piece of text, as text and calls.
+    fn push(&mut self, text: &str) -> Vec<ToolEvent> {
+        match &mut self.parser {
+            Some(parser) => parser.push(text),
+            None if text.is_empty() => Vec::new(),
+            None => vec![ToolEvent::Text(text.to_string())],
+        }
+    }
+
+    /// What is left at the end of the reply.
+    fn finish(&mut self) -> Vec<ToolEvent> {
+        self.parser
+            .take()
+            .map(ToolCallParser::finish)
+            .unwrap_or_default()
+    }
+
+    fn called(&self) -> bool {
+        !self.ids.is_empty()
+    }
+
+    /// A call event as a streamed `tool_calls` entry; a call's first names it and gives its id.
+    fn entry(&mut self, index: usize, name: Option<String>, fragment: String) -> Value {
+        match name {
+            Some(name) => {
+                let id = format!("call_{}", uuid::Uuid::new_v4().simple());
+                self.ids.push(id.clone());
+                json!({ "index": index, "id": id, "type": "function",
+                        "function": { "name": name, "arguments": fragment } })
+            }
+            None => json!({ "index": index, "function": { "arguments": fragment } }),
+        }
+    }
+
+    /// Adds `events` to a whole reply.
+    fn add(&mut self, answer: &mut Answer, events: Vec<ToolEvent>) {
+        for event in events {
+            match event {
+                ToolEvent::Text(text) => answer.text.push_str(&text),
+                ToolEvent::Call { index, name } => {
+                    let mut call = self.entry(index, Some(name), String::new());
+                    if let Some(call) = call.as_object_mut() {
+                        call.remove("index");
+                    }
+                    answer.calls.push(call);
+                }
+                ToolEvent::Arguments { index, fragment } => {
+                    if let Some(arguments) = answer
+                        .calls
+                        .get_mut(index)
+                        .and_then(|call| call["function"]["arguments"].as_str().map(String::from))
+                    {
+                        answer.calls[index]["function"]["arguments"] =
+                            (arguments + &fragment).into();
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -815,6 +1021,7 @@ async fn whole(
     state: &ServerState,
     reply: Reply,
     mut generation: Generation,
+    mut calls: Calls,
     want_logprobs: bool,
     echoed: String,
 ) -> Result<Response, ApiError> {
@@ -838,18 +1045,24 @@ async fn whole(
     for token in &tokens {
         logprobs.push(token);
     }
-    match failure(&summary) {
-        Some(error) => Err(error),
-        None => Ok(Json(reply.whole(text, &summary, logprobs.take())).into_response()),
+    if let Some(error) = failure(&summary) {
+        return Err(error);
     }
+    let mut answer = Answer::default();
+    let events = calls.push(&text);
+    calls.add(&mut answer, events);
+    let events = calls.finish();
+    calls.add(&mut answer, events);
+    Ok(Json(reply.whole(answer, &summary, logprobs.take())).into_response())
 }
 
-/// OpenAI's event stream: a first chunk with the role, one chunk per text delta, a last chunk
-/// with the finish reason, the usage chunk when asked for, then `[DONE]`.
+/// OpenAI's event stream: a first chunk with the role, one chunk per text delta or call part, a
+/// last chunk with the finish reason, the usage chunk when asked for, then `[DONE]`.
 fn stream(
     state: Arc<ServerState>,
     reply: Reply,
     mut generation: Generation,
+    mut calls: Calls,
     include_usage: bool,
     want_logprobs: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -860,21 +1073,21 @@ fn stream(
         }
         chunk
     };
-    // A token whose text is held back (a stop sequence may begin there) has its
-    // log-probabilities sent with the next chunk that carries text.
+    // A token whose text is held back (a stop sequence or a call may begin there) has its
+    // log-probabilities sent with the next chunk that carries something.
     let mut logprobs = LogprobsOut::new(reply.endpoint, want_logprobs);
     let events = async_stream::stream! {
         if reply.endpoint == Endpoint::Chat {
-            yield event(with_usage(reply.chunk("", true, None, Value::Null)));
+            yield event(with_usage(reply.chunk(Delta::Role, Value::Null)));
         }
         let mut summary = None;
         while let Some(next) = generation.tokens.next().await {
             match next {
                 TokenEvent::Token(token) => {
                     logprobs.push(&token);
-                    if !token.text.is_empty() {
-                        let scored = logprobs.take();
-                        yield event(with_usage(reply.chunk(&token.text, false, None, scored)));
+                    for found in calls.push(&token.text) {
+                        let chunk = delta_chunk(&reply, &mut calls, found, logprobs.take());
+                        yield event(with_usage(chunk));
                     }
                 }
                 TokenEvent::Done(done) => summary = Some(done),
@@ -884,9 +1097,13 @@ fn stream(
         match failure(&summary) {
             Some(error) => yield event(error.body()),
             None => {
+                for found in calls.finish() {
+                    let chunk = delta_chunk(&reply, &mut calls, found, logprobs.take());
+                    yield event(with_usage(chunk));
+                }
                 let rest = logprobs.take();
-                let finish = Some(summary.finish_reason);
-                yield event(with_usage(reply.chunk("", false, finish, rest)));
+                let finish = Delta::Finish(finish_reason(&summary, calls.called()));
+                yield event(with_usage(reply.chunk(finish, rest)));
                 if include_usage {
                     let mut last = reply.envelope(reply.chunk_object(), json!([]));
                     last["usage"] = usage(&summary);
@@ -897,6 +1114,16 @@ fn stream(
         yield Ok(Event::default().data("[DONE]"));
     };
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// The chunk that streams one piece of text or of a call.
+fn delta_chunk(reply: &Reply, calls: &mut Calls, found: ToolEvent, logprobs: Value) -> Value {
+    let delta = match found {
+        ToolEvent::Text(text) => return reply.chunk(Delta::Text(&text), logprobs),
+        ToolEvent::Call { index, name } => calls.entry(index, Some(name), String::new()),
+        ToolEvent::Arguments { index, fragment } => calls.entry(index, None, fragment),
+    };
+    reply.chunk(Delta::Call(delta), logprobs)
 }
 
 fn model_entry(name: &str) -> Value {

@@ -12,6 +12,9 @@ usage: openai_client.py BASE_URL MODE [API_KEY]
         logprobs  log-probabilities on both endpoints, whole and streamed, and their refusals
         json    structured output: `parse` with a Pydantic model, schemas sampled at temperature
                 1 (N per schema, default 40) checked with `jsonschema`, a bad schema, a mixed batch
+        tools   tool calls: whole and streamed for each tool_choice, required calls sampled at
+                temperature 1 and checked with `jsonschema`, a call and its result sent back,
+                refusals
 """
 
 import concurrent.futures
@@ -279,6 +282,102 @@ def structured():
     emit("MIXED", {"alone": alone, "together": together})
 
 
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "The current weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 40},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "The time now in a time zone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 40}},
+                       "required": ["zone"], "additionalProperties": False}}},
+]
+SCHEMA_OF = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+
+
+def assembled(chunks):
+    """A streamed reply put together as the SDK's users do: text, calls by index, finish."""
+    text, calls, finish = "", {}, None
+    for chunk in chunks:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        text += choice.delta.content or ""
+        for part in choice.delta.tool_calls or []:
+            call = calls.setdefault(part.index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = call["id"] or part.id
+            call["name"] += part.function.name or ""
+            call["arguments"] += part.function.arguments or ""
+        finish = choice.finish_reason or finish
+    return {"text": text or None, "finish": finish,
+            "calls": [[c["name"], c["arguments"]] for _, c in sorted(calls.items())],
+            "ids": [c["id"] for _, c in sorted(calls.items())]}
+
+
+def tools():
+    api = client()
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    choices = {"required": "required", "named": {"type": "function", "function": {"name": "get_time"}},
+               "auto": "auto", "none": "none"}
+    for label, choice in choices.items():
+        args = dict(model=MODEL, messages=ask, tools=TOOLS, tool_choice=choice, temperature=0, max_tokens=60)
+        whole = api.chat.completions.create(**args).choices[0]
+        calls = whole.message.tool_calls or []
+        streamed = assembled(api.chat.completions.create(stream=True, **args))
+        emit("TOOLS", {"choice": label,
+                       "whole": {"text": whole.message.content, "finish": whole.finish_reason,
+                                 "calls": [[c.function.name, c.function.arguments] for c in calls]},
+                       "ids": [c.id for c in calls], "streamed_ids": streamed.pop("ids"),
+                       "streamed": streamed})
+
+    per_tool = int(os.environ.get("WICK_TOOL_SAMPLES", "20"))
+
+    def sample(i):
+        reply = api.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Help me plan day {i} of a trip."}],
+            tools=TOOLS, tool_choice="required", temperature=1, seed=i, max_tokens=120).choices[0]
+        calls = reply.message.tool_calls or []
+        try:
+            assert reply.finish_reason == "tool_calls", reply.finish_reason
+            assert calls, "no call"
+            for call in calls:
+                jsonschema.validate(json.loads(call.function.arguments), SCHEMA_OF[call.function.name])
+            return None
+        except (AssertionError, KeyError, ValueError, jsonschema.ValidationError) as e:
+            return {"reply": reply.model_dump(), "error": str(e)[:200]}
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(sample, range(per_tool)))
+    emit("REQUIRED_SAMPLED", {"generations": len(results), "invalid": [r for r in results if r]})
+
+    # The call and its result go back into the history, rendered through the template.
+    first = api.chat.completions.create(model=MODEL, messages=ask, tools=TOOLS, tool_choice="required",
+                                        temperature=0, max_tokens=60).choices[0].message
+    history = ask + [first.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"celsius": 21})}
+        for call in first.tool_calls]
+    after = api.chat.completions.create(model=MODEL, messages=history, tools=TOOLS, temperature=0,
+                                        max_tokens=30)
+    usage = api.chat.completions.create(model=MODEL, messages=ask, tools=TOOLS, temperature=0,
+                                        max_tokens=1).usage
+    emit("HISTORY", {"finish": after.choices[0].finish_reason, "prompt_tokens": after.usage.prompt_tokens,
+                     "ask_prompt_tokens": usage.prompt_tokens})
+
+    emit("REFUSED_UNKNOWN_FUNCTION", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=ask, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "fly"}})))
+    emit("REFUSED_NO_TOOLS", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=ask, tool_choice="required")))
+    emit("REFUSED_TOOL_TYPE", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=ask, tools=[{"type": "retrieval"}])))
+    emit("REFUSED_WITH_FORMAT", refusal(lambda: api.chat.completions.create(
+        model=MODEL, messages=ask, tools=TOOLS, tool_choice="required",
+        response_format={"type": "json_object"})))
+    emit("REFUSED_ON_COMPLETIONS", refusal(lambda: api.completions.create(
+        model=MODEL, prompt="x", extra_body={"tools": TOOLS})))
+
+
 def metrics():
     request = urllib.request.Request(f"{BASE}/metrics")
     if KEY != "unused":
@@ -296,4 +395,4 @@ def metrics():
 
 
 {"main": main, "ids": ids, "abort": abort, "auth": auth, "three": three, "metrics": metrics,
- "logprobs": logprobs, "json": structured}[MODE]()
+ "logprobs": logprobs, "json": structured, "tools": tools}[MODE]()
