@@ -35,7 +35,8 @@ pub mod server;
 pub use engine::{
     ChatMessage, Completion, DTypeChoice, DeviceChoice, Engine, EngineStats, FinishReason,
     GenerateRequest, Input, KvDTypeChoice, LoadOptions, ManagerConfig, ModelInfo, ModelManager,
-    ModelStatus, ResolvedModel, SamplingParams, Source, Summary, Token, TokenEvent, TokenStream,
+    ModelStatus, Quantize, ResolvedModel, SamplingParams, Source, Summary, Token, TokenEvent,
+    TokenStream,
 };
 pub use error::{Error, Result};
 pub use registry::{Backend, ModelSelector, Registry, Tier};

@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 
 use common::hub::{COMMIT, HubBuilder};
 use common::{greedy, load_error, run, small_engine, small_gguf};
-use wick::{Backend, DTypeChoice, LoadOptions, ModelManager, ModelSelector};
+use futures::StreamExt;
+use wick::{
+    Backend, DTypeChoice, LoadOptions, ModelManager, ModelSelector, Quantize, SamplingParams,
+    TokenEvent,
+};
 
 const REPO: &str = "wick-tests/SmolLM2-135M-Instruct";
 
@@ -127,6 +131,93 @@ async fn safetensors_greedy_matches_the_gguf_model() {
         let (_, b, _) = run(&hf, greedy(prompt, 8)).await;
         assert_eq!(a, b, "first 8 greedy tokens differ for {prompt:?}");
     }
+}
+
+/// Greedy tokens with how far the chosen one led the next (in log-probability).
+async fn greedy_with_leads(engine: &wick::Engine, prompt: &str, n: usize) -> Vec<(u32, f32)> {
+    let params = SamplingParams {
+        logprobs: Some(2),
+        ..SamplingParams::greedy(n)
+    };
+    let request = wick::GenerateRequest::prompt(prompt).with_params(params);
+    let mut stream = engine.generate(request).expect("request accepted");
+    let mut tokens = Vec::new();
+    while let Some(TokenEvent::Token(token)) = stream.next().await {
+        let lead = token
+            .logprobs
+            .as_ref()
+            .map_or(f32::INFINITY, |l| match &l.top[..] {
+                [first, second, ..] => first.logprob - second.logprob,
+                _ => f32::INFINITY,
+            });
+        tokens.push((token.id, lead));
+    }
+    tokens
+}
+
+/// `--quantize q8_0` on the real SmolLM2 weights gives the Q8_0 matrices the GGUF path makes of
+/// its Q4_1 file (as many bytes per token), and the GGUF model's greedy tokens wherever that
+/// model's choice led by 0.5 or more (the embedding table is Q8_0 here, its exact Q4_1 rows
+/// there); `q4_k` reads fewer bytes; a GGUF model is refused.
+#[tokio::test]
+async fn quantized_at_load_decodes_as_the_gguf_model() {
+    let fixture = hf_fixture().await;
+    let quantized = |quantize| {
+        common::manager(LoadOptions {
+            quantize: Some(quantize),
+            ..LoadOptions::default()
+        })
+    };
+    let gguf = small_engine(LoadOptions::default()).await;
+    let q8 = quantized(Quantize::Q8_0)
+        .get(&ModelSelector::Path(fixture.clone()))
+        .await
+        .unwrap();
+    assert_eq!(q8.info().dtype, "q8_0 (quantized at load)");
+    assert_eq!(
+        q8.info().weight_bytes_per_token,
+        gguf.info().weight_bytes_per_token
+    );
+    for prompt in [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a small village,",
+    ] {
+        let reference = greedy_with_leads(&gguf, prompt, 12).await;
+        let ours = greedy_with_leads(&q8, prompt, 12).await;
+        let agreed = reference
+            .iter()
+            .zip(&ours)
+            .take_while(|(a, b)| a.0 == b.0)
+            .count();
+        if let Some((token, lead)) = reference.get(agreed).filter(|_| agreed < ours.len()) {
+            assert!(
+                *lead < 0.5,
+                "{prompt:?}: token {agreed} differs ({token} led by {lead})"
+            );
+        }
+        assert!(agreed >= 4, "{prompt:?}: {reference:?} {ours:?}");
+    }
+    let q4 = quantized(Quantize::Q4K)
+        .get(&ModelSelector::Path(fixture))
+        .await
+        .unwrap();
+    assert!(q4.info().weight_bytes_per_token < q8.info().weight_bytes_per_token);
+    let (pieces, _, _) = run(&q4, greedy("The capital of France is", 4)).await;
+    assert!(pieces.concat().contains("Paris"), "{pieces:?}");
+    let refused = load_error(
+        &quantized(Quantize::Q8_0),
+        &ModelSelector::Path(small_gguf().await),
+    )
+    .await;
+    assert!(refused.contains("--quantize"), "{refused}");
+    let half = common::manager(LoadOptions {
+        quantize: Some(Quantize::Q8_0),
+        dtype: DTypeChoice::F16,
+        ..LoadOptions::default()
+    });
+    let refused = load_error(&half, &ModelSelector::Path(hf_fixture().await)).await;
+    assert!(refused.contains("--dtype f16"), "{refused}");
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::engine::{
-    DTypeChoice, DeviceChoice, KvDTypeChoice, LoadOptions, ManagerConfig, ModelManager,
+    DTypeChoice, DeviceChoice, KvDTypeChoice, LoadOptions, ManagerConfig, ModelManager, Quantize,
     SamplingParams,
 };
 use crate::registry::{Backend, ModelSelector, Registry, Tier};
@@ -78,6 +78,10 @@ pub struct ModelArgs {
     /// Precision of safetensors weights (auto: f32 on CPU, bf16 on CUDA).
     #[arg(long, value_enum, default_value_t = DTypeChoice::Auto)]
     pub dtype: DTypeChoice,
+    /// Quantize safetensors weights as they load, with the kernels GGUF files use: q8_0, q6_k,
+    /// or q4_k (llama.cpp's Q4_K_M recipe).
+    #[arg(long, value_enum)]
+    pub quantize: Option<Quantize>,
 }
 
 /// How much work each model's engine takes on at once.
@@ -168,6 +172,7 @@ impl ModelArgs {
         config.load = LoadOptions {
             device: self.device,
             dtype: self.dtype,
+            quantize: self.quantize,
             ..load
         };
         Ok(ModelManager::new(config))

@@ -148,6 +148,17 @@ impl fmt::Display for DTypeChoice {
 }
 
 impl DTypeChoice {
+    /// The dtype of weights quantized at load (f32, as GGUF's).
+    pub fn resolve_quantized(self) -> Result<DType> {
+        match self {
+            Self::Auto | Self::F32 => Ok(DType::F32),
+            other => Err(Error::Device(format!(
+                "--quantize computes in f32, as GGUF models do; --dtype {other} does not apply \
+                 (leave it at auto)"
+            ))),
+        }
+    }
+
     pub fn resolve(self, device: &Device) -> Result<DType> {
         match (self, device.is_cpu()) {
             (Self::Auto, true) | (Self::F32, _) => Ok(DType::F32),

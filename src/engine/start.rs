@@ -9,7 +9,7 @@ use super::chat::ChatTemplate;
 use super::constraint::Grammars;
 use super::device::{DTypeChoice, DeviceChoice, default_kv_cache_budget, describe};
 use super::kv::{KvManager, KvStore};
-use super::load::{gguf, safetensors};
+use super::load::{Quantize, gguf, safetensors};
 use super::resolve::{ModelFiles, ResolvedModel};
 use super::scheduler::Limits;
 use super::worker::{self, FaultInjection, WorkerSetup};
@@ -37,6 +37,8 @@ pub struct LoadOptions {
     pub kv_cache_dtype: KvDTypeChoice,
     /// Whether prompts share the blocks of a prefix computed before.
     pub prefix_cache: bool,
+    /// Quantize safetensors matrices at load to this block type.
+    pub quantize: Option<Quantize>,
 }
 
 /// `--kv-cache-dtype`.
@@ -74,8 +76,18 @@ impl Default for LoadOptions {
             kv_block_size: 16,
             kv_cache_dtype: KvDTypeChoice::Auto,
             prefix_cache: true,
+            quantize: None,
         }
     }
+}
+
+/// The process's peak resident memory so far (Linux's `VmHWM`), in MiB: what loading took at
+/// its height, memory maps of the weights included.
+fn peak_resident_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib >> 10)
 }
 
 /// Loads the files onto `device` (`options.device`, resolved) and starts the model's decode
@@ -88,6 +100,13 @@ pub(crate) fn start_engine(
 ) -> Result<Engine> {
     let started = std::time::Instant::now();
     let loaded = match files {
+        ModelFiles::Gguf { .. } if options.quantize.is_some() => {
+            return Err(Error::InvalidRequest(format!(
+                "--quantize quantizes safetensors weights as they load (--backend huggingface); \
+                 {} is a GGUF model, quantized already",
+                model.name
+            )));
+        }
         ModelFiles::Gguf {
             weights,
             tokenizer_json,
@@ -101,7 +120,12 @@ pub(crate) fn start_engine(
             &device,
         )?,
         ModelFiles::Hf(files) => {
-            safetensors::load(files, &device, options.dtype.resolve(&device)?)?
+            let dtype = match options.quantize {
+                // Quantized weights compute in f32, as GGUF weights do.
+                Some(_) => options.dtype.resolve_quantized()?,
+                None => options.dtype.resolve(&device)?,
+            };
+            safetensors::load(files, &device, dtype, options.quantize)?
         }
     };
     let chat = match &loaded.chat_template {
@@ -187,6 +211,8 @@ pub(crate) fn start_engine(
         kv_block_size = kv_shape.block_size,
         kv_dtype = ?kv_shape.dtype,
         prefix_cache = options.prefix_cache,
+        weights_mib = info.weight_bytes_per_token >> 20,
+        peak_resident_mib = peak_resident_mib(),
         seconds = started.elapsed().as_secs_f32(),
         "model loaded"
     );

@@ -2,7 +2,10 @@
 //! tokenizer, and the chat template and special tokens around them.
 
 pub(crate) mod gguf;
+mod quantize;
 pub(crate) mod safetensors;
+
+pub use quantize::Quantize;
 
 use std::sync::Arc;
 

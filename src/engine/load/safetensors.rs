@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::quantized::QTensor;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::LoadedModel;
+use super::quantize::{Quantize, quantize};
 use crate::engine::chat::TokenizerConfig;
 use crate::engine::model::{Config, Embedding, Family, Linear, WeightSource, hf_name};
 use crate::engine::tokenizer;
@@ -64,7 +66,12 @@ pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
     Ok(shards)
 }
 
-pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<LoadedModel> {
+pub(crate) fn load(
+    files: &HfFiles,
+    device: &Device,
+    dtype: DType,
+    quantize: Option<Quantize>,
+) -> Result<LoadedModel> {
     let json = read_json(&files.config)?;
     let config_error = |message: String| Error::Load {
         path: files.config.clone(),
@@ -111,13 +118,19 @@ pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<Loa
             candle_message(&e)
         ))
     })?;
+    let layers = config.layers;
     let mut source = SafetensorsSource {
         tensors,
         family,
         dtype,
         device: device.clone(),
+        quantize: quantize.map(|to| (to, layers)),
     };
     let model = super::build(config, &mut source, device).map_err(config_error)?;
+    let dtype = match quantize {
+        Some(to) => format!("{to} (quantized at load)"),
+        None => format!("{dtype:?}").to_lowercase(),
+    };
     Ok(LoadedModel {
         model: Arc::new(model),
         tokenizer,
@@ -126,22 +139,48 @@ pub(crate) fn load(files: &HfFiles, device: &Device, dtype: DType) -> Result<Loa
         eos_token: tokenizer_config.eos_token,
         eos_ids,
         architecture: family.name().to_string(),
-        dtype: format!("{dtype:?}").to_lowercase(),
+        dtype,
     })
 }
 
 /// Memory-mapped safetensors, looked up through the Hugging Face names of GGUF names and
-/// converted to the engine's dtype (f32 on the CPU, bf16 on CUDA) as they are read.
+/// converted to the engine's dtype (f32 on the CPU, bf16 on CUDA) as they are read, or, with
+/// `quantize`, matrices quantized one at a time.
 pub(crate) struct SafetensorsSource {
     pub tensors: MmapedSafetensors,
     pub family: Family,
     pub dtype: DType,
     pub device: Device,
+    /// The block type to quantize matrices to, and the model's layer count (the recipe's).
+    pub quantize: Option<(Quantize, usize)>,
 }
 
 impl SafetensorsSource {
     fn name(&self, gguf: &str) -> Option<String> {
         hf_name(self.family, gguf).filter(|name| self.tensors.get(name).is_ok())
+    }
+
+    /// The matrix `name` quantized as `--quantize` says, where it does.
+    fn quantized(&mut self, name: &str) -> Result<Option<QTensor>> {
+        let Some((to, layers)) = self.quantize else {
+            return Ok(None);
+        };
+        let tied = !self.contains("output.weight");
+        let weight = self.load(name, DType::F32, &Device::Cpu)?;
+        let k = weight.dims().last().copied().unwrap_or(0);
+        match to.block_type(name, k, layers, tied) {
+            Some(block) => Ok(Some(quantize(&weight, block, &self.device)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let Some(hf) = self.name(name) else {
+            let expected = hf_name(self.family, name).unwrap_or_else(|| name.to_string());
+            let message = format!("the weights have no tensor `{expected}`");
+            return Err(candle_core::Error::Msg(message).into());
+        };
+        Ok(self.tensors.load(&hf, device)?.to_dtype(dtype)?)
     }
 }
 
@@ -155,20 +194,25 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn linear(&mut self, name: &str, bias: Option<Tensor>) -> Result<Linear> {
-        Ok(Linear::dense(self.dense(name)?, bias))
+        match self.quantized(name)? {
+            Some(weight) => Linear::quantized(weight, bias, &self.device),
+            None => Ok(Linear::dense(self.dense(name)?, bias)),
+        }
     }
 
     fn embedding(&mut self, name: &str) -> Result<Embedding> {
-        Ok(Embedding::Dense(self.dense(name)?))
+        // Rows are looked up from a quantized table on the CPU only, as for GGUF.
+        match self.device.is_cpu() {
+            true => match self.quantized(name)? {
+                Some(table) => Embedding::quantized(table),
+                None => Ok(Embedding::Dense(self.dense(name)?)),
+            },
+            false => Ok(Embedding::Dense(self.dense(name)?)),
+        }
     }
 
     fn dense(&mut self, name: &str) -> Result<Tensor> {
-        let Some(hf) = self.name(name) else {
-            let expected = hf_name(self.family, name).unwrap_or_else(|| name.to_string());
-            let message = format!("the weights have no tensor `{expected}`");
-            return Err(candle_core::Error::Msg(message).into());
-        };
-        Ok(self.tensors.load(&hf, &self.device)?.to_dtype(self.dtype)?)
+        self.load(name, self.dtype, &self.device)
     }
 }
 

@@ -234,6 +234,15 @@ fn hf_weights(config: &serde_json::Value, dir: &Path) {
 }
 
 fn ours_hf(config: &serde_json::Value, dir: &Path) -> Transformer {
+    ours_hf_quantized(config, dir, None)
+}
+
+/// [`ours_hf`], its matrices quantized at load as `--quantize` does.
+fn ours_hf_quantized(
+    config: &serde_json::Value,
+    dir: &Path,
+    quantize: Option<crate::engine::Quantize>,
+) -> Transformer {
     let family = Family::from_hf(config["model_type"].as_str().unwrap()).unwrap();
     let tensors = unsafe { MmapedSafetensors::multi(&[dir.join("model.safetensors")]) }.unwrap();
     let mut source = SafetensorsSource {
@@ -241,6 +250,7 @@ fn ours_hf(config: &serde_json::Value, dir: &Path) -> Transformer {
         family,
         dtype: DType::F32,
         device: Device::Cpu,
+        quantize: quantize.map(|q| (q, LAYERS)),
     };
     Transformer::load(Config::from_hf(config).unwrap(), &mut source, &Device::Cpu).unwrap()
 }
@@ -557,6 +567,11 @@ fn the_sliding_window_hides_exactly_the_positions_behind_it() {
 /// llama.cpp's converter writes each family: GGUF names, llama's q/k rows permuted for its
 /// interleaved rotation, Gemma's norms stored as `1 + w`, the shape in `<arch>.*` keys.
 fn gguf_of_hf(config: &serde_json::Value, dir: &Path) -> Vec<u8> {
+    gguf_of_hf_as(config, dir, GgmlDType::F32)
+}
+
+/// [`gguf_of_hf`] with the matrices stored as `matrices`.
+fn gguf_of_hf_as(config: &serde_json::Value, dir: &Path, matrices: GgmlDType) -> Vec<u8> {
     let family = Family::from_hf(config["model_type"].as_str().unwrap()).unwrap();
     let arch = family.name();
     let hf = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -599,7 +614,11 @@ fn gguf_of_hf(config: &serde_json::Value, dir: &Path) -> Vec<u8> {
             }
             _ => t,
         };
-        tensors.push((name, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        let dtype = match t.rank() {
+            2 => matrices,
+            _ => GgmlDType::F32,
+        };
+        tensors.push((name, QTensor::quantize(&t, dtype).unwrap()));
     }
     let key = |k: &str| format!("{arch}.{k}");
     let mut extra = Vec::new();
@@ -667,6 +686,35 @@ fn every_family_gives_the_same_logits_from_gguf_and_safetensors() {
             let diff = max_diff(&step(&hf, &mut a, &[token]), &step(&gguf, &mut b, &[token]));
             assert!(diff < 1e-4, "{model_type}: decode logits differ by {diff}");
         }
+    }
+}
+
+/// `--quantize q8_0` gives what a Q8_0 GGUF file of the same weights gives: the same blocks
+/// through the same kernels, every family.
+#[test]
+fn quantized_at_load_equals_the_gguf_of_the_same_blocks() {
+    for model_type in HF_FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = hf_config(model_type);
+        config["sliding_window_pattern"] = json!(6);
+        hf_weights(&config, dir.path());
+        let quantized = crate::engine::Quantize::Q8_0;
+        let hf = ours_hf_quantized(&config, dir.path(), Some(quantized));
+        let gguf = ours_gguf(&gguf_of_hf_as(&config, dir.path(), GgmlDType::Q8_0));
+        assert_eq!(hf.weight_bytes(), gguf.weight_bytes(), "{model_type}");
+        let (mut a, mut b) = (hf.new_cache(24).unwrap(), gguf.new_cache(24).unwrap());
+        let diff = max_diff(&step(&hf, &mut a, &PROMPT), &step(&gguf, &mut b, &PROMPT));
+        assert!(diff < 1e-4, "{model_type}: prompt logits differ by {diff}");
+        for token in [3, 14, 15, 92] {
+            let diff = max_diff(&step(&hf, &mut a, &[token]), &step(&gguf, &mut b, &[token]));
+            assert!(diff < 1e-4, "{model_type}: decode logits differ by {diff}");
+        }
+        // And it is not the f32 model: the blocks round the weights.
+        let dense = ours_hf(&config, dir.path());
+        let mut c = dense.new_cache(24).unwrap();
+        let mut a = hf.new_cache(24).unwrap();
+        let diff = max_diff(&step(&hf, &mut a, &PROMPT), &step(&dense, &mut c, &PROMPT));
+        assert!(diff > 1e-6, "{model_type}: quantized equals f32");
     }
 }
 
