@@ -162,6 +162,10 @@ pub struct ModelEntry {
     pub revision: String,
     #[serde(default)]
     pub gguf_file: Option<String>,
+    /// The model's parameter count, from which `wick models` tells the memory its weights take
+    /// in each precision before anything is downloaded.
+    #[serde(default)]
+    pub parameters: Option<u64>,
     #[serde(default)]
     pub files: Vec<FileSpec>,
 }

@@ -162,6 +162,46 @@ fn models_lists_the_registry() {
     assert!(listing.contains("gemma-3-270m-q4_k_m"), "{listing}");
 }
 
+/// Before any download, the Hugging Face entries say what their weights take in memory on the
+/// device in the precision they would load in; a precision `serve` refuses is refused here too.
+#[test]
+fn models_tell_the_memory_weights_take() {
+    let memory = |args: &[&str]| {
+        let out = wick(&[&["models", "--json", "--device", "cpu"], args].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let models: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let entry = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "qwen2.5-1.5b-instruct")
+            .cloned()
+            .unwrap();
+        let gguf = models
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["backend"] == "gguf");
+        assert_eq!(gguf.unwrap()["in_memory"], serde_json::Value::Null);
+        entry["in_memory"].clone()
+    };
+    // 1,543,714,304 parameters.
+    let f32 = memory(&[]);
+    assert_eq!(f32["dtype"], "f32");
+    assert_eq!(f32["bytes"], 1_543_714_304u64 * 4);
+    let q8 = memory(&["--quantize", "q8_0"]);
+    assert_eq!(q8["dtype"], "q8_0");
+    assert_eq!(q8["bytes"], 1_543_714_304u64 * 17 / 16);
+    let out = wick(&["models", "--device", "cpu", "--dtype", "bf16"]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("bf16"), "{}", text(&out.stderr));
+    let table = text(&wick(&["models", "--device", "cpu"]).stdout);
+    assert!(
+        table.contains("IN MEMORY") && table.contains("f32 5.8 GiB"),
+        "{table}"
+    );
+}
+
 #[test]
 fn pull_fetches_into_the_cache() {
     let out = wick(&["pull", "--model-size", "small", "--backend", "gguf"]);

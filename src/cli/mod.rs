@@ -143,7 +143,7 @@ fn parse_block_size(s: &str) -> Result<usize, String> {
     }
 }
 
-fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+pub(super) fn parse_device(s: &str) -> Result<DeviceChoice, String> {
     s.parse().map_err(|e: crate::Error| e.to_string())
 }
 

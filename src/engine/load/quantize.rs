@@ -34,6 +34,15 @@ impl std::fmt::Display for Quantize {
 }
 
 impl Quantize {
+    /// Bits per weight, on average (q4_k: as llama.cpp's Q4_K_M on a 7B model).
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Quantize::Q8_0 => 8.5,
+            Quantize::Q6K => 6.5625,
+            Quantize::Q4K => 4.85,
+        }
+    }
+
     /// The block type of the GGUF-named matrix `name` with inner dimension `k`, in a model of
     /// `layers` layers whose output is `tied` to the embedding table. A k-quant needs `k` a
     /// multiple of 256; other widths (SmolLM2's 576, Gemma 3 270M's 640) take Q8_0, as llama.cpp
