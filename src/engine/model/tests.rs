@@ -563,14 +563,10 @@ fn the_sliding_window_hides_exactly_the_positions_behind_it() {
     assert!(max_diff(&last.unwrap(), &base) < 1e-4);
 }
 
-/// The same weights as the safetensors fixture in `dir`, written as an f32 GGUF file the way
+/// The same weights as the safetensors fixture in `dir`, written as a GGUF file the way
 /// llama.cpp's converter writes each family: GGUF names, llama's q/k rows permuted for its
-/// interleaved rotation, Gemma's norms stored as `1 + w`, the shape in `<arch>.*` keys.
-fn gguf_of_hf(config: &serde_json::Value, dir: &Path) -> Vec<u8> {
-    gguf_of_hf_as(config, dir, GgmlDType::F32)
-}
-
-/// [`gguf_of_hf`] with the matrices stored as `matrices`.
+/// interleaved rotation, Gemma's norms stored as `1 + w`, the shape in `<arch>.*` keys; the
+/// matrices stored as `matrices`, the rest f32.
 fn gguf_of_hf_as(config: &serde_json::Value, dir: &Path, matrices: GgmlDType) -> Vec<u8> {
     let family = Family::from_hf(config["model_type"].as_str().unwrap()).unwrap();
     let arch = family.name();
@@ -668,17 +664,19 @@ fn write_gguf(
     bytes.into_inner()
 }
 
-#[test]
-fn every_family_gives_the_same_logits_from_gguf_and_safetensors() {
+/// The same random weights as safetensors, quantized at load as `quantize` says, and as a GGUF
+/// file whose matrices are stored as `matrices`: the same logits, prompt and decode, every family.
+fn safetensors_and_gguf_agree(quantize: Option<crate::engine::Quantize>, matrices: GgmlDType) {
     for model_type in HF_FAMILIES {
         let dir = tempfile::tempdir().unwrap();
         let mut config = hf_config(model_type);
         // llama.cpp fixes Gemma 3's pattern at one global layer in six: both layers slide here.
         config["sliding_window_pattern"] = json!(6);
         hf_weights(&config, dir.path());
-        let hf = ours_hf(&config, dir.path());
-        let gguf = ours_gguf(&gguf_of_hf(&config, dir.path()));
+        let hf = ours_hf_quantized(&config, dir.path(), quantize);
+        let gguf = ours_gguf(&gguf_of_hf_as(&config, dir.path(), matrices));
         assert_eq!(gguf.config().family, hf.config().family);
+        assert_eq!(hf.weight_bytes(), gguf.weight_bytes(), "{model_type}");
         let (mut a, mut b) = (hf.new_cache(24).unwrap(), gguf.new_cache(24).unwrap());
         let diff = max_diff(&step(&hf, &mut a, &PROMPT), &step(&gguf, &mut b, &PROMPT));
         assert!(diff < 1e-4, "{model_type}: prompt logits differ by {diff}");
@@ -689,33 +687,31 @@ fn every_family_gives_the_same_logits_from_gguf_and_safetensors() {
     }
 }
 
+#[test]
+fn every_family_gives_the_same_logits_from_gguf_and_safetensors() {
+    safetensors_and_gguf_agree(None, GgmlDType::F32);
+}
+
 /// `--quantize q8_0` gives what a Q8_0 GGUF file of the same weights gives: the same blocks
-/// through the same kernels, every family.
+/// through the same kernels. And it is not the f32 model: the blocks round the weights.
 #[test]
 fn quantized_at_load_equals_the_gguf_of_the_same_blocks() {
-    for model_type in HF_FAMILIES {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = hf_config(model_type);
-        config["sliding_window_pattern"] = json!(6);
-        hf_weights(&config, dir.path());
-        let quantized = crate::engine::Quantize::Q8_0;
-        let hf = ours_hf_quantized(&config, dir.path(), Some(quantized));
-        let gguf = ours_gguf(&gguf_of_hf_as(&config, dir.path(), GgmlDType::Q8_0));
-        assert_eq!(hf.weight_bytes(), gguf.weight_bytes(), "{model_type}");
-        let (mut a, mut b) = (hf.new_cache(24).unwrap(), gguf.new_cache(24).unwrap());
-        let diff = max_diff(&step(&hf, &mut a, &PROMPT), &step(&gguf, &mut b, &PROMPT));
-        assert!(diff < 1e-4, "{model_type}: prompt logits differ by {diff}");
-        for token in [3, 14, 15, 92] {
-            let diff = max_diff(&step(&hf, &mut a, &[token]), &step(&gguf, &mut b, &[token]));
-            assert!(diff < 1e-4, "{model_type}: decode logits differ by {diff}");
-        }
-        // And it is not the f32 model: the blocks round the weights.
-        let dense = ours_hf(&config, dir.path());
-        let mut c = dense.new_cache(24).unwrap();
-        let mut a = hf.new_cache(24).unwrap();
-        let diff = max_diff(&step(&hf, &mut a, &PROMPT), &step(&dense, &mut c, &PROMPT));
-        assert!(diff > 1e-6, "{model_type}: quantized equals f32");
-    }
+    let q8_0 = Some(crate::engine::Quantize::Q8_0);
+    safetensors_and_gguf_agree(q8_0, GgmlDType::Q8_0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = hf_config("llama");
+    hf_weights(&config, dir.path());
+    let quantized = ours_hf_quantized(&config, dir.path(), q8_0);
+    let dense = ours_hf(&config, dir.path());
+    let (mut a, mut b) = (
+        quantized.new_cache(24).unwrap(),
+        dense.new_cache(24).unwrap(),
+    );
+    let diff = max_diff(
+        &step(&quantized, &mut a, &PROMPT),
+        &step(&dense, &mut b, &PROMPT),
+    );
+    assert!(diff > 1e-6, "quantized equals f32");
 }
 
 /// A tiny random-weight GGUF file of `architecture` in memory, matrices stored as `dtype`. Its
