@@ -180,8 +180,35 @@ impl SafetensorsSource {
             let message = format!("the weights have no tensor `{expected}`");
             return Err(candle_core::Error::Msg(message).into());
         };
-        Ok(self.tensors.load(&hf, device)?.to_dtype(dtype)?)
+        let tensor = self.tensors.load(&hf, device)?.to_dtype(dtype)?;
+        // The tensor is a copy now: the mapped file pages it was read from can go.
+        if let Ok(view) = self.tensors.get(&hf) {
+            release_pages(view.data());
+        }
+        Ok(tensor)
     }
+}
+
+/// Drops the resident pages of `bytes`, a part of the weights' read-only file mapping whose
+/// contents were copied out, so that loading (above all quantizing at load, which reads every
+/// f32 weight once) does not leave the whole file resident beside the model.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: whole pages inside a read-only mapping of a file that is never written
+            // while mapped (see `load`): dropped pages are read back from the file, unchanged,
+            // if they are touched again. A refusal is harmless and ignored.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }
 
 impl WeightSource for SafetensorsSource {
