@@ -111,11 +111,14 @@ impl ChatTemplate {
             .env
             .get_template(NAME)
             .map_err(|e| Error::Template(e.to_string()))?;
+        // A template that writes tools itself is given them; another, the generic form.
+        let generic;
         let (messages, tools) = if self.tool_syntax.template_renders_tools() {
             let tools: Vec<&serde_json::Value> = tools.iter().map(|t| &t.spec).collect();
-            (messages.to_vec(), (!tools.is_empty()).then_some(tools))
+            (messages, (!tools.is_empty()).then_some(tools))
         } else {
-            (generic_conversation(messages, tools), None)
+            generic = generic_conversation(messages, tools);
+            (&generic[..], None)
         };
         let messages: Vec<serde_json::Value> = messages.iter().map(template_message).collect();
         template

@@ -768,7 +768,15 @@ impl Reply {
                     if answer.text.is_empty() {
                         message["content"] = Value::Null;
                     }
-                    message["tool_calls"] = answer.calls.into();
+                    let calls: Vec<Value> = answer
+                        .calls
+                        .iter()
+                        .map(|call| {
+                            json!({ "id": call.id, "type": "function",
+                                    "function": { "name": call.name, "arguments": call.arguments } })
+                        })
+                        .collect();
+                    message["tool_calls"] = calls.into();
                 }
                 self.envelope(
                     "chat.completion",
@@ -809,25 +817,25 @@ fn finish_reason(summary: &Summary, called: bool) -> &'static str {
     }
 }
 
-/// A whole reply: its text and its calls (OpenAI's `tool_calls` entries).
+/// A whole reply: its text and its calls.
 #[derive(Default)]
 struct Answer {
     text: String,
-    calls: Vec<Value>,
+    calls: Vec<ToolCall>,
 }
 
 /// The tool calls in a reply's text, found as it comes; without tools, all of it is text.
 struct Calls {
     parser: Option<ToolCallParser>,
-    /// The id of each call begun.
-    ids: Vec<String>,
+    /// Whether a call has begun.
+    called: bool,
 }
 
 impl Calls {
     fn new(syntax: Option<ToolSyntax>) -> Self {
         Self {
             parser: syntax.map(ToolCallParser::new),
-            ids: Vec::new(),
+            called: false,
         }
     }
 
@@ -848,19 +856,17 @@ impl Calls {
             .unwrap_or_default()
     }
 
-    fn called(&self) -> bool {
-        !self.ids.is_empty()
+    /// The id of a call that begins now.
+    fn new_id(&mut self) -> String {
+        self.called = true;
+        format!("call_{}", uuid::Uuid::new_v4().simple())
     }
 
     /// A call event as a streamed `tool_calls` entry; a call's first names it and gives its id.
     fn entry(&mut self, index: usize, name: Option<String>, fragment: String) -> Value {
         match name {
-            Some(name) => {
-                let id = format!("call_{}", uuid::Uuid::new_v4().simple());
-                self.ids.push(id.clone());
-                json!({ "index": index, "id": id, "type": "function",
-                        "function": { "name": name, "arguments": fragment } })
-            }
+            Some(name) => json!({ "index": index, "id": self.new_id(), "type": "function",
+                                  "function": { "name": name, "arguments": fragment } }),
             None => json!({ "index": index, "function": { "arguments": fragment } }),
         }
     }
@@ -870,21 +876,14 @@ impl Calls {
         for event in events {
             match event {
                 ToolEvent::Text(text) => answer.text.push_str(&text),
-                ToolEvent::Call { index, name } => {
-                    let mut call = self.entry(index, Some(name), String::new());
-                    if let Some(call) = call.as_object_mut() {
-                        call.remove("index");
-                    }
-                    answer.calls.push(call);
-                }
+                ToolEvent::Call { name, .. } => answer.calls.push(ToolCall {
+                    id: self.new_id(),
+                    name,
+                    arguments: String::new(),
+                }),
                 ToolEvent::Arguments { index, fragment } => {
-                    if let Some(arguments) = answer
-                        .calls
-                        .get_mut(index)
-                        .and_then(|call| call["function"]["arguments"].as_str().map(String::from))
-                    {
-                        answer.calls[index]["function"]["arguments"] =
-                            (arguments + &fragment).into();
+                    if let Some(call) = answer.calls.get_mut(index) {
+                        call.arguments.push_str(&fragment);
                     }
                 }
             }
@@ -1102,7 +1101,7 @@ fn stream(
                     yield event(with_usage(chunk));
                 }
                 let rest = logprobs.take();
-                let finish = Delta::Finish(finish_reason(&summary, calls.called()));
+                let finish = Delta::Finish(finish_reason(&summary, calls.called));
                 yield event(with_usage(reply.chunk(finish, rest)));
                 if include_usage {
                     let mut last = reply.envelope(reply.chunk_object(), json!([]));
