@@ -5,8 +5,8 @@
 //! kernels do not apply), wick's own decode-row kernels (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0; blocks
 //! as stored), and dequantize + f32 GEMM:
 //!
-//! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second. Then attention at depth
-//! (see [`attention`]).
+//! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second. Then bf16 weights (see
+//! [`half`]) and attention at depth (see [`attention`]).
 //!
 //! `cargo bench --bench kernels`; `cargo test --benches` runs each once as a check.
 
@@ -96,6 +96,43 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// bf16 weights as a safetensors file stores them: wick's half kernel (widening in registers)
+/// against candle's f32 GEMM over the same weights widened once at load, what `--dtype f32`
+/// runs: `half/bf16/<out>x<in>/<rows>/<kernel>`, in rows per second.
+fn half(c: &mut Criterion) {
+    let device = Device::Cpu;
+    let mut group = c.benchmark_group("half");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    // And SmolLM2's output matrix (its tied embeddings), 56 MB in bf16: far more than the
+    // caches hold, as a whole model is.
+    for (out, inner) in SHAPES.into_iter().chain([(49152, 576)]) {
+        let wide = Tensor::randn(0f32, 0.02, (out, inner), &device).expect("weights");
+        let bf16 = wide.to_dtype(DType::BF16).expect("bf16");
+        let wide = bf16.to_dtype(DType::F32).expect("f32");
+        let kernel = wick::engine::HalfKernel::new(&bf16);
+        for rows in [1, 8, 32, 128, 512] {
+            let x = Tensor::randn(0f32, 1.0, (rows, inner), &device).expect("input");
+            let values: Vec<f32> = x.flatten_all().expect("x").to_vec1().expect("x");
+            let name = format!("bf16/{out}x{inner}/{rows}");
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_function(BenchmarkId::new(&name, "candle_f32_gemm"), |b| {
+                b.iter(|| x.matmul(&wide.t()?))
+            });
+            if let Some(Ok(kernel)) = &kernel
+                && let Some(Ok(_)) = kernel.matmul(&values, rows, 0)
+            {
+                group.bench_function(BenchmarkId::new(&name, "wick_half"), |b| {
+                    b.iter(|| kernel.matmul(&values, rows, 0))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 /// Attention for one sequence at a depth: wick's paged kernel over an f16 and an f32 pool, and
 /// candle's matmul + softmax + matmul over contiguous f32 keys (what a GEMM path costs):
 /// `attention/<heads>x<kv heads>x<head dim>/<depth>/<rows>/<kernel>`, in rows per second.
@@ -147,5 +184,5 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, attention);
+criterion_group!(benches, bench, half, attention);
 criterion_main!(benches);

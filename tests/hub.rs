@@ -155,6 +155,118 @@ async fn greedy_with_leads(engine: &wick::Engine, prompt: &str, n: usize) -> Vec
     tokens
 }
 
+/// `ours` gives `reference`'s first 12 greedy tokens on the test prompts up to the first step
+/// where `reference`'s choice led by less than 0.5 (where other rounding may flip it), and at
+/// least 4.
+async fn agrees_where_the_lead_is_clear(reference: &wick::Engine, ours: &wick::Engine) {
+    for prompt in [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time, in a small village,",
+    ] {
+        let expected = greedy_with_leads(reference, prompt, 12).await;
+        let got = greedy_with_leads(ours, prompt, 12).await;
+        let agreed = expected
+            .iter()
+            .zip(&got)
+            .take_while(|(a, b)| a.0 == b.0)
+            .count();
+        if let Some((token, lead)) = expected.get(agreed).filter(|_| agreed < got.len()) {
+            assert!(
+                *lead < 0.5,
+                "{prompt:?}: token {agreed} differs ({token} led by {lead})"
+            );
+        }
+        assert!(agreed >= 4, "{prompt:?}: {expected:?} {got:?}");
+    }
+}
+
+/// A bf16 checkpoint (as the Hub's mostly are) stays bf16 in memory on a CPU under `--dtype
+/// auto`, on wick's half kernel: half the bytes per token of the same file widened to f32
+/// (`--dtype f32`, candle's GEMM), the same values summed in another order, so the f32 model's
+/// greedy tokens wherever its choice was clear.
+#[tokio::test]
+async fn bf16_weights_stay_bf16_on_the_cpu_and_agree_with_f32() {
+    let bf16 = common::fixture::hf_fixture_in(&small_gguf().await, candle_core::DType::BF16);
+    let load = |dtype| {
+        let selector = ModelSelector::Path(bf16.clone());
+        async move {
+            common::manager(LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            })
+            .get(&selector)
+            .await
+            .unwrap()
+        }
+    };
+    let kept = load(DTypeChoice::Auto).await;
+    assert_eq!(kept.info().dtype, "bf16 weights, f32 activations");
+    let wide = load(DTypeChoice::F32).await;
+    assert_eq!(wide.info().dtype, "f32");
+    assert_eq!(
+        2 * kept.info().weight_bytes_per_token,
+        wide.info().weight_bytes_per_token
+    );
+    agrees_where_the_lead_is_clear(&wide, &kept).await;
+}
+
+/// wick's half kernel on SmolLM2's real bf16 matrices (and as f16), 1 to 32 rows: every SIMD
+/// level gives the same bits, within f32 rounding of the exact product of the stored values.
+#[tokio::test]
+async fn the_half_kernel_on_real_weights_matches_the_widened_product() {
+    use candle_core::{DType, Device, Tensor};
+    let bf16 = common::fixture::hf_fixture_in(&small_gguf().await, DType::BF16);
+    let tensors =
+        candle_core::safetensors::load(bf16.join("model.safetensors"), &Device::Cpu).unwrap();
+    for name in [
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.7.mlp.down_proj.weight",
+        "model.layers.29.mlp.gate_proj.weight",
+    ] {
+        let stored = &tensors[name];
+        assert_eq!(stored.dtype(), DType::BF16, "{name}");
+        for weight in [stored.clone(), stored.to_dtype(DType::F16).unwrap()] {
+            let (n, k) = weight.dims2().unwrap();
+            let w: Vec<f32> = weight
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for rows in [1, 3, 4, 9, 32] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, rows * k, &Device::Cpu)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let kernel = wick::engine::HalfKernel::new(&weight).unwrap().unwrap();
+                let outputs: Vec<Vec<f32>> = (0..)
+                    .map_while(|level| kernel.matmul(&x, rows, level))
+                    .map(Result::unwrap)
+                    .collect();
+                if outputs.is_empty() {
+                    return;
+                }
+                for level in &outputs[1..] {
+                    assert_eq!(level, &outputs[0], "{name}: levels differ, {rows} rows");
+                }
+                for (i, y) in outputs[0].iter().enumerate() {
+                    let (r, c) = (i / n, i % n);
+                    let products =
+                        (0..k).map(|j| f64::from(w[c * k + j]) * f64::from(x[r * k + j]));
+                    let magnitude: f64 = products.clone().map(f64::abs).sum();
+                    let error = (f64::from(*y) - products.sum::<f64>()).abs();
+                    assert!(
+                        error <= magnitude * 1e-5,
+                        "{name} {rows} rows, {r},{c}: {error}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `--quantize q8_0` on the real SmolLM2 weights gives the Q8_0 matrices the GGUF path makes of
 /// its Q4_1 file (as many bytes per token), and the GGUF model's greedy tokens wherever that
 /// model's choice led by 0.5 or more (the embedding table is Q8_0 here, its exact Q4_1 rows
@@ -178,26 +290,7 @@ async fn quantized_at_load_decodes_as_the_gguf_model() {
         q8.info().weight_bytes_per_token,
         gguf.info().weight_bytes_per_token
     );
-    for prompt in [
-        "The capital of France is",
-        "def fibonacci(n):",
-        "Once upon a time, in a small village,",
-    ] {
-        let reference = greedy_with_leads(&gguf, prompt, 12).await;
-        let ours = greedy_with_leads(&q8, prompt, 12).await;
-        let agreed = reference
-            .iter()
-            .zip(&ours)
-            .take_while(|(a, b)| a.0 == b.0)
-            .count();
-        if let Some((token, lead)) = reference.get(agreed).filter(|_| agreed < ours.len()) {
-            assert!(
-                *lead < 0.5,
-                "{prompt:?}: token {agreed} differs ({token} led by {lead})"
-            );
-        }
-        assert!(agreed >= 4, "{prompt:?}: {reference:?} {ours:?}");
-    }
+    agrees_where_the_lead_is_clear(&gguf, &q8).await;
     let q4 = quantized(Quantize::Q4K)
         .get(&ModelSelector::Path(fixture))
         .await
@@ -411,31 +504,33 @@ async fn broken_local_models_are_clear_errors() {
     );
 }
 
+/// An f32 checkpoint stays f32 under `--dtype auto`; `--dtype bf16` and `f16` convert its
+/// matrices to 16 bits at load (half the bytes per token), computing in f32 on the half kernel.
 #[tokio::test]
 async fn dtype_choices_on_the_cpu() {
     let fixture = hf_fixture().await;
     let with_dtype = |dtype| common::manager_with(|config| config.load.dtype = dtype);
-    let f16 = with_dtype(DTypeChoice::F16)
+    let f32 = with_dtype(DTypeChoice::Auto)
         .get(&ModelSelector::Path(fixture.clone()))
         .await
         .unwrap();
-    assert_eq!(f16.info().dtype, "f16");
-    assert_eq!(
-        run(&f16, greedy("The capital of France is", 4))
+    assert_eq!(f32.info().dtype, "f32");
+    for (dtype, name) in [(DTypeChoice::F16, "f16"), (DTypeChoice::Bf16, "bf16")] {
+        let half = with_dtype(dtype)
+            .get(&ModelSelector::Path(fixture.clone()))
             .await
-            .2
-            .completion_tokens,
-        4
-    );
-    let message = load_error(
-        &with_dtype(DTypeChoice::Bf16),
-        &ModelSelector::Path(fixture),
-    )
-    .await;
-    assert!(
-        message.contains("bf16") && message.contains("--dtype f32"),
-        "{message}"
-    );
+            .unwrap();
+        assert_eq!(
+            half.info().dtype,
+            format!("{name} weights, f32 activations")
+        );
+        assert_eq!(
+            2 * half.info().weight_bytes_per_token,
+            f32.info().weight_bytes_per_token
+        );
+        let (pieces, _, _) = run(&half, greedy("The capital of France is", 4)).await;
+        assert!(pieces.concat().contains("Paris"), "{name}: {pieces:?}");
+    }
 }
 
 /// A tiny random-weight model of `architecture` in the Hugging Face layout: candle's own model

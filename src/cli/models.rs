@@ -57,25 +57,31 @@ pub struct ModelsArgs {
 /// What a Hugging Face entry's weights take in memory: the precision they load in (`precision`,
 /// from the flags and the device) and the bytes, from the registry's parameter count; `None` for
 /// GGUF files (as stored) and entries without a count.
-fn in_memory(entry: &ModelEntry, precision: Precision) -> Option<(String, u64)> {
+fn in_memory(entry: &ModelEntry, precision: &Precision) -> Option<(String, u64)> {
     let parameters = entry
         .parameters
         .filter(|_| entry.backend == Backend::Huggingface)?;
     Some(match precision {
-        Precision::Quantized(to) => (
+        &Precision::Quantized(to) => (
             to.to_string(),
             (parameters as f64 * to.bits_per_weight() / 8.0) as u64,
         ),
-        Precision::Dense(dtype) => (
-            format!("{dtype:?}").to_lowercase(),
-            parameters * dtype.size_in_bytes() as u64,
-        ),
+        Precision::Dense(choice, device) => {
+            // The Hub's checkpoints of these models are bf16; a CPU keeps them so by default.
+            let dtype = match device.is_cpu() {
+                true => choice.on_cpu(DType::BF16),
+                false => choice.resolve(device),
+            };
+            (
+                format!("{dtype:?}").to_lowercase(),
+                parameters * dtype.size_in_bytes() as u64,
+            )
+        }
     })
 }
 
-#[derive(Clone, Copy)]
 enum Precision {
-    Dense(DType),
+    Dense(DTypeChoice, candle_core::Device),
     Quantized(Quantize),
 }
 
@@ -88,7 +94,7 @@ pub async fn list(args: ModelsArgs) -> anyhow::Result<()> {
             .dtype
             .resolve_quantized()
             .map(|_| Precision::Quantized(to))?,
-        None => Precision::Dense(args.dtype.resolve(&device)?),
+        None => Precision::Dense(args.dtype, device.clone()),
     };
     let mut rows = Vec::new();
     for entry in manager.registry().models() {
@@ -107,7 +113,7 @@ pub async fn list(args: ModelsArgs) -> anyhow::Result<()> {
             }
             Source::Local(path) => path.exists(),
         };
-        rows.push((entry, cached, in_memory(entry, precision)));
+        rows.push((entry, cached, in_memory(entry, &precision)));
     }
     if args.json {
         let json: Vec<_> = rows

@@ -125,10 +125,12 @@ pub(crate) fn describe(device: &Device) -> String {
     }
 }
 
-/// `--dtype` for safetensors weights (GGUF weights keep their quantization).
+/// `--dtype` for safetensors weights (GGUF weights keep their quantization). On a CPU the
+/// activations are f32 and the dtype is the matrices': bf16 and f16 stay 16-bit there, on wick's
+/// own kernel (`kernels::half`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum DTypeChoice {
-    /// f32 on CPU, bf16 on CUDA.
+    /// The file's own dtype on CPU (bf16/f16 kept as stored, f32 as f32), bf16 on CUDA.
     #[default]
     Auto,
     F32,
@@ -159,16 +161,24 @@ impl DTypeChoice {
         }
     }
 
-    pub fn resolve(self, device: &Device) -> Result<DType> {
+    /// The dtype activations compute in: f32 on a CPU, whatever the matrices are kept in (see
+    /// [`DTypeChoice::on_cpu`]).
+    pub fn resolve(self, device: &Device) -> DType {
         match (self, device.is_cpu()) {
-            (Self::Auto, true) | (Self::F32, _) => Ok(DType::F32),
-            (Self::Auto, false) | (Self::Bf16, false) => Ok(DType::BF16),
-            (Self::F16, _) => Ok(DType::F16),
-            (Self::Bf16, true) => Err(Error::Device(
-                "bf16 is not supported on the CPU (candle has no bf16 matmul there); use \
-                 --dtype f32 or auto"
-                    .into(),
-            )),
+            (_, true) | (Self::F32, false) => DType::F32,
+            (Self::Auto | Self::Bf16, false) => DType::BF16,
+            (Self::F16, false) => DType::F16,
+        }
+    }
+
+    /// The dtype a CPU keeps the matrices of a file stored in `stored` in: bf16 and f16 stay
+    /// 16-bit (on wick's half kernel), so `auto` is the file's own dtype.
+    pub fn on_cpu(self, stored: DType) -> DType {
+        match self {
+            Self::Auto if matches!(stored, DType::BF16 | DType::F16) => stored,
+            Self::Auto | Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
         }
     }
 }

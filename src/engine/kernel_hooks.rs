@@ -36,6 +36,31 @@ pub fn decode_rows_kernel(
     Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
 
+/// wick's bf16/f16 kernel, for the benches and for testing it on real weights: a matrix `(n,
+/// k)`, bf16 or f16 as a safetensors file stores it.
+#[doc(hidden)]
+pub struct HalfKernel(model::kernels::half::HalfMatrix);
+
+impl HalfKernel {
+    /// `None` where the kernel does not take `weight`'s dtype or shape.
+    pub fn new(weight: &candle_core::Tensor) -> Option<Result<Self>> {
+        use model::kernels::half::{Half, HalfMatrix};
+        let format = Half::of(weight.dtype())?;
+        HalfMatrix::from_tensor(format, weight)
+            .map(|matrix| matrix.map(HalfKernel))
+            .transpose()
+    }
+
+    /// `x` `(rows, k)` row-major times the matrix transposed, at the `level`-th SIMD level this
+    /// CPU runs (0 the widest); `None` past the last.
+    pub fn matmul(&self, x: &[f32], rows: usize, level: usize) -> Option<Result<Vec<f32>>> {
+        let level = *model::kernels::Level::supported().get(level)?;
+        let threads = model::kernels::Threads::Wick;
+        let outputs = model::kernels::half::matmul(&[&self.0], x, rows, level, threads);
+        Some(outputs.map(|mut outputs| outputs.remove(0)))
+    }
+}
+
 /// wick's paged attention on the CPU, for `cargo bench --bench kernels` to measure against
 /// candle's matmul + softmax + matmul: `rows` query rows at positions `depth - rows..depth` of one
 /// sequence whose blocks are `0, 1, 2, …` of a pool `keys`/`values` `(kv_heads, positions,
@@ -70,5 +95,6 @@ pub fn paged_attention_kernel(
         values,
         &[segment],
         shape,
+        model::kernels::Threads::Wick,
     )?)
 }

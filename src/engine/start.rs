@@ -120,12 +120,21 @@ pub(crate) fn start_engine(
             &device,
         )?,
         ModelFiles::Hf(files) => {
-            let dtype = match options.quantize {
+            let (dtype, matrices) = match options.quantize {
                 // Quantized weights compute in f32, as GGUF weights do.
-                Some(_) => options.dtype.resolve_quantized()?,
-                None => options.dtype.resolve(&device)?,
+                Some(to) => (
+                    options.dtype.resolve_quantized()?,
+                    safetensors::Matrices::Quantized(to),
+                ),
+                None => (
+                    options.dtype.resolve(&device),
+                    match device.is_cpu() {
+                        true => safetensors::Matrices::Cpu(options.dtype),
+                        false => safetensors::Matrices::Compute,
+                    },
+                ),
             };
-            safetensors::load(files, &device, dtype, options.quantize)?
+            safetensors::load(files, &device, dtype, matrices)?
         }
     };
     let chat = match &loaded.chat_template {

@@ -12,7 +12,10 @@ use serde_json::Value;
 
 use super::LoadedModel;
 use super::quantize::{Quantize, quantize};
+use crate::engine::DTypeChoice;
 use crate::engine::chat::TokenizerConfig;
+use crate::engine::model::kernels::Level;
+use crate::engine::model::kernels::half::{Half, HalfMatrix};
 use crate::engine::model::{Config, Embedding, Family, Linear, WeightSource, hf_name};
 use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
@@ -66,11 +69,24 @@ pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
     Ok(shards)
 }
 
+/// How a model's matrices (projections and the embedding table) are kept; norms and biases are
+/// always in the compute dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Matrices {
+    /// In the compute dtype, converted as they are read (on a GPU).
+    Compute,
+    /// On a CPU, in the dtype `--dtype` keeps there for what the file stores
+    /// ([`DTypeChoice::on_cpu`]): 16-bit ones on wick's half kernel, f32 as f32.
+    Cpu(DTypeChoice),
+    /// Quantized as they load, onto the kernels GGUF files use.
+    Quantized(Quantize),
+}
+
 pub(crate) fn load(
     files: &HfFiles,
     device: &Device,
     dtype: DType,
-    quantize: Option<Quantize>,
+    matrices: Matrices,
 ) -> Result<LoadedModel> {
     let json = read_json(&files.config)?;
     let config_error = |message: String| Error::Load {
@@ -124,12 +140,15 @@ pub(crate) fn load(
         family,
         dtype,
         device: device.clone(),
-        quantize: quantize.map(|to| (to, layers)),
+        matrices,
+        layers,
+        kept: None,
     };
     let model = super::build(config, &mut source, device).map_err(config_error)?;
-    let dtype = match quantize {
-        Some(to) => format!("{to} (quantized at load)"),
-        None => format!("{dtype:?}").to_lowercase(),
+    let dtype = match (matrices, source.kept) {
+        (Matrices::Quantized(to), _) => format!("{to} (quantized at load)"),
+        (_, Some(half)) => format!("{:?} weights, f32 activations", half.dtype()).to_lowercase(),
+        _ => format!("{dtype:?}").to_lowercase(),
     };
     Ok(LoadedModel {
         model: Arc::new(model),
@@ -144,15 +163,18 @@ pub(crate) fn load(
 }
 
 /// Memory-mapped safetensors, looked up through the Hugging Face names of GGUF names and
-/// converted to the engine's dtype (f32 on the CPU, bf16 on CUDA) as they are read, or, with
-/// `quantize`, matrices quantized one at a time.
+/// converted to the engine's dtype (f32 on the CPU, bf16 on CUDA) as they are read, or matrices
+/// kept or quantized one at a time as `matrices` says.
 pub(crate) struct SafetensorsSource {
     pub tensors: MmapedSafetensors,
     pub family: Family,
     pub dtype: DType,
     pub device: Device,
-    /// The block type to quantize matrices to, and the model's layer count (the recipe's).
-    pub quantize: Option<(Quantize, usize)>,
+    pub matrices: Matrices,
+    /// The model's layer count (the quantization recipe's).
+    pub layers: usize,
+    /// The 16-bit format matrices are kept in (the first one kept), for the load's report.
+    pub kept: Option<Half>,
 }
 
 impl SafetensorsSource {
@@ -162,16 +184,49 @@ impl SafetensorsSource {
 
     /// The matrix `name` quantized as `--quantize` says, where it does.
     fn quantized(&mut self, name: &str) -> Result<Option<QTensor>> {
-        let Some((to, layers)) = self.quantize else {
+        let Matrices::Quantized(to) = self.matrices else {
             return Ok(None);
         };
         let tied = !self.contains("output.weight");
         let weight = self.load(name, DType::F32, &Device::Cpu)?;
         let k = weight.dims().last().copied().unwrap_or(0);
-        match to.block_type(name, k, layers, tied) {
+        match to.block_type(name, k, self.layers, tied) {
             Some(block) => Ok(Some(quantize(&weight, block, &self.device)?)),
             None => Ok(None),
         }
+    }
+
+    /// The matrix `name` in 16 bits for wick's half kernel, where `matrices` keeps it so on this
+    /// CPU: copied as stored when the file holds that format (the mapped pages then go), else
+    /// converted.
+    fn half(&mut self, name: &str) -> Result<Option<(HalfMatrix, Level)>> {
+        let Some(level) = Level::best().filter(|_| self.device.is_cpu()) else {
+            return Ok(None);
+        };
+        let (Matrices::Cpu(choice), Some(hf)) = (self.matrices, self.name(name)) else {
+            return Ok(None);
+        };
+        let view = self.tensors.get(&hf)?;
+        let stored = [Half::Bf16, Half::F16]
+            .into_iter()
+            .find(|half| view.dtype() == half.dtype().into());
+        let kept = choice.on_cpu(stored.map_or(DType::F32, Half::dtype));
+        let Some(format) = Half::of(kept) else {
+            return Ok(None);
+        };
+        let &[n, k] = view.shape() else {
+            return Ok(None);
+        };
+        let matrix = match stored == Some(format) {
+            true => {
+                let matrix = HalfMatrix::from_le_bytes(format, view.data(), n, k);
+                release_pages(view.data());
+                matrix
+            }
+            false => HalfMatrix::from_tensor(format, &self.load(name, DType::F32, &Device::Cpu)?)?,
+        };
+        self.kept = self.kept.or(matrix.as_ref().map(HalfMatrix::format));
+        Ok(matrix.map(|matrix| (matrix, level)))
     }
 
     fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
@@ -221,20 +276,26 @@ impl WeightSource for SafetensorsSource {
     }
 
     fn linear(&mut self, name: &str, bias: Option<Tensor>) -> Result<Linear> {
-        match self.quantized(name)? {
-            Some(weight) => Linear::quantized(weight, bias, &self.device),
+        if let Some(weight) = self.quantized(name)? {
+            return Linear::quantized(weight, bias, &self.device);
+        }
+        match self.half(name)? {
+            Some((weight, level)) => Ok(Linear::half(weight, bias, level)),
             None => Ok(Linear::dense(self.dense(name)?, bias)),
         }
     }
 
     fn embedding(&mut self, name: &str) -> Result<Embedding> {
-        // Rows are looked up from a quantized table on the CPU only, as for GGUF.
-        match self.device.is_cpu() {
-            true => match self.quantized(name)? {
-                Some(table) => Embedding::quantized(table),
-                None => Ok(Embedding::Dense(self.dense(name)?)),
-            },
-            false => Ok(Embedding::Dense(self.dense(name)?)),
+        // Rows are looked up from a quantized or 16-bit table on the CPU only, as for GGUF.
+        if !self.device.is_cpu() {
+            return Ok(Embedding::Dense(self.dense(name)?));
+        }
+        if let Some(table) = self.quantized(name)? {
+            return Embedding::quantized(table);
+        }
+        match self.half(name)? {
+            Some((table, _)) => Ok(Embedding::half(table)),
+            None => Ok(Embedding::Dense(self.dense(name)?)),
         }
     }
 

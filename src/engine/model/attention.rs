@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor, bail};
 use half::{f16, slice::HalfFloatSliceExt};
 
+use super::kernels::Threads;
 use crate::engine::kv::{BlockId, pool_row};
 
 /// One sequence's query rows.
@@ -55,9 +56,24 @@ pub(crate) fn paged_attention(
     values: &Tensor,
     segments: &[QueryRows<'_>],
     shape: Heads,
+    threads: Threads,
 ) -> Result<Tensor> {
     let path = Path::best(shape.head_dim);
-    attention_in_partitions(q, keys, values, segments, shape, PARTITION, path)
+    let run = Run {
+        partition: PARTITION,
+        path,
+        threads,
+    };
+    attention_in_partitions(q, keys, values, segments, shape, run)
+}
+
+/// How a call is split and run: key positions per partition, the SIMD path, and the pool (the
+/// model's matmuls' own, so that only one pool of threads spins).
+#[derive(Clone, Copy)]
+struct Run {
+    partition: usize,
+    path: Path,
+    threads: Threads,
 }
 
 fn attention_in_partitions(
@@ -66,9 +82,13 @@ fn attention_in_partitions(
     values: &Tensor,
     segments: &[QueryRows<'_>],
     shape: Heads,
-    partition: usize,
-    path: Path,
+    run: Run,
 ) -> Result<Tensor> {
+    let Run {
+        partition,
+        path,
+        threads,
+    } = run;
     let Heads {
         heads,
         kv_heads,
@@ -122,10 +142,8 @@ fn attention_in_partitions(
     }
     let results: Vec<OnceLock<Vec<f32>>> = units.iter().map(|_| OnceLock::new()).collect();
     let run = |pool: Pool<'_>| {
-        candle_core::utils::barrier_pool().execute_chunked(units.len(), |range| {
-            for u in range {
-                let _ = results[u].set(units[u].attend(q_all, &pool, &shape, pool_rows, path));
-            }
+        threads.run(units.len(), |u| {
+            let _ = results[u].set(units[u].attend(q_all, &pool, &shape, pool_rows, path));
         })
     };
     match (&*k_storage, &*v_storage) {
@@ -671,9 +689,19 @@ mod tests {
                     },
                 ];
                 let q = Tensor::randn(0f32, 1.0, (6, 10, 64), &Device::Cpu).unwrap();
-                let ours =
-                    attention_in_partitions(&q, &keys, &values, &segments, shape, partition, path)
-                        .unwrap();
+                let ours = attention_in_partitions(
+                    &q,
+                    &keys,
+                    &values,
+                    &segments,
+                    shape,
+                    Run {
+                        partition,
+                        path,
+                        threads: Threads::Wick,
+                    },
+                )
+                .unwrap();
                 let mut row = 0;
                 for segment in segments {
                     for r in 0..segment.rows {
@@ -723,10 +751,21 @@ mod tests {
                 let run = |table: &[BlockId], start: usize, rows: usize| {
                     let segments = [QueryRows { table, start, rows }];
                     let q = q.narrow(1, start, rows).unwrap().contiguous().unwrap();
-                    attention_in_partitions(&q, &keys, &values, &segments, shape, partition, path)
-                        .unwrap()
-                        .to_vec2::<f32>()
-                        .unwrap()
+                    attention_in_partitions(
+                        &q,
+                        &keys,
+                        &values,
+                        &segments,
+                        shape,
+                        Run {
+                            partition,
+                            path,
+                            threads: Threads::Wick,
+                        },
+                    )
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap()
                 };
                 let whole = run(&scattered, 0, 30);
                 for (start, rows) in [(0, 1), (5, 3), (12, 17), (29, 1)] {
@@ -752,9 +791,19 @@ mod tests {
                     start: 0,
                     rows: 30,
                 }];
-                let moved =
-                    attention_in_partitions(&q, &keys, &values, &segments, shape, partition, path)
-                        .unwrap();
+                let moved = attention_in_partitions(
+                    &q,
+                    &keys,
+                    &values,
+                    &segments,
+                    shape,
+                    Run {
+                        partition,
+                        path,
+                        threads: Threads::Wick,
+                    },
+                )
+                .unwrap();
                 assert_eq!(
                     moved.to_vec2::<f32>().unwrap(),
                     whole,

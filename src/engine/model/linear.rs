@@ -1,5 +1,7 @@
-//! A projection: `x @ W^T (+ b)` over quantized (GGUF) or dense (safetensors) weights, both
-//! behind candle's `QMatMul`.
+//! A projection: `x @ W^T (+ b)` over quantized (GGUF) or dense (safetensors) weights behind
+//! candle's `QMatMul`, or, on a CPU, bf16/f16 safetensors matrices as stored, which take wick's
+//! half kernel (`kernels/half.rs`) for every call: it gives a row the same bits in any call, and
+//! beat candle's f32 GEMM over the widened weights at every row count measured.
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
 //! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices take wick's own kernels (`kernels/`) in calls of
@@ -38,6 +40,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, Device, Module, Tensor};
 
+use super::kernels::half::HalfMatrix;
 use super::kernels::{self, q8_0};
 use crate::error::Result;
 
@@ -78,7 +81,7 @@ impl Span {
 }
 
 pub(crate) struct Linear {
-    matmul: QMatMul,
+    weight: Weight,
     /// The quantized weights, for the GEMM path of long CPU chunks; `None` where the quantized
     /// kernel is used at every length (or the weights are dense).
     gemm: Option<Arc<QTensor>>,
@@ -95,6 +98,13 @@ pub(crate) struct Linear {
     own: Option<kernels::Level>,
     /// Whose threads wick's kernels run on (see [`kernels::Threads`]).
     threads: kernels::Threads,
+}
+
+/// A projection's matrix: behind candle's `QMatMul` (GGUF blocks, or dense), or bf16/f16 as a
+/// safetensors file stores it, on wick's half kernel (`kernels::half`, CPU only).
+enum Weight {
+    Candle(QMatMul),
+    Half(Arc<HalfMatrix>, kernels::Level),
 }
 
 impl Linear {
@@ -114,7 +124,7 @@ impl Linear {
         let slow = device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_));
         let q8_0 = (slow && q8_0::available() && q8_0::applies(&weight)).then(|| weight.clone());
         Ok(Self {
-            matmul,
+            weight: Weight::Candle(matmul),
             gemm: slow.then_some(weight),
             bias,
             per_segment: device.is_cpu(),
@@ -128,9 +138,24 @@ impl Linear {
     pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
             per_segment: weight.device().is_cpu(),
-            matmul: QMatMul::Tensor(weight),
+            weight: Weight::Candle(QMatMul::Tensor(weight)),
             gemm: None,
             bias,
+            pad_single: false,
+            q8_0: None,
+            own: None,
+            threads: kernels::Threads::Wick,
+        }
+    }
+
+    /// A bf16/f16 matrix kept as stored, on the CPU at `level` (see `kernels::half`).
+    pub fn half(weight: HalfMatrix, bias: Option<Tensor>, level: kernels::Level) -> Self {
+        kernels::prefer_huge_pages(weight.as_bytes());
+        Self {
+            weight: Weight::Half(Arc::new(weight), level),
+            gemm: None,
+            bias,
+            per_segment: true,
             pad_single: false,
             q8_0: None,
             own: None,
@@ -141,12 +166,16 @@ impl Linear {
     /// Whether a decode row through this projection runs on wick's own kernels (or it has no
     /// quantized matrix and so no candle kernel either).
     pub fn on_wicks_kernels(&self) -> bool {
-        self.own.is_some() || !matches!(self.matmul, QMatMul::QTensor(_))
+        self.own.is_some() || !matches!(self.weight, Weight::Candle(QMatMul::QTensor(_)))
     }
 
-    /// Whether the weights are dense (the GEMM takes a lone row another way than several).
+    /// Whether the weights are dense on candle's GEMM (which takes a lone row another way than
+    /// several).
     pub fn is_dense(&self) -> bool {
-        matches!(self.matmul, QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+        matches!(
+            self.weight,
+            Weight::Candle(QMatMul::Tensor(_) | QMatMul::TensorF16(_))
+        )
     }
 
     /// Runs wick's kernels on candle's threads, for a model whose other matrices take candle's
@@ -157,18 +186,27 @@ impl Linear {
 
     /// The bytes of the matrix a multiplication reads (as stored, or dense).
     pub fn bytes(&self) -> usize {
-        match &self.matmul {
-            QMatMul::QTensor(weight) => weight.storage_size_in_bytes(),
-            QMatMul::Tensor(w) | QMatMul::TensorF16(w) => {
+        match &self.weight {
+            Weight::Candle(QMatMul::QTensor(weight)) => weight.storage_size_in_bytes(),
+            Weight::Candle(QMatMul::Tensor(w) | QMatMul::TensorF16(w)) => {
                 w.elem_count() * w.dtype().size_in_bytes()
             }
+            Weight::Half(weight, _) => weight.bytes(),
         }
     }
 
     /// The quantized matrix, where the projection keeps one (a tied embedding table reads it).
     pub fn quantized_weight(&self) -> Option<&Arc<QTensor>> {
-        match &self.matmul {
-            QMatMul::QTensor(weight) => Some(weight),
+        match &self.weight {
+            Weight::Candle(QMatMul::QTensor(weight)) => Some(weight),
+            _ => None,
+        }
+    }
+
+    /// The bf16/f16 matrix, where the projection keeps one (a tied embedding table reads it).
+    pub fn half_weight(&self) -> Option<&Arc<HalfMatrix>> {
+        match &self.weight {
+            Weight::Half(weight, _) => Some(weight),
             _ => None,
         }
     }
@@ -213,6 +251,7 @@ impl Linear {
             };
             let fused = match Self::own_rows(&linears, &input)? {
                 Some(outputs) => Some(outputs),
+                None if let Some(outputs) = Self::half_rows(&linears, &input)? => Some(outputs),
                 None if N > 1 => Self::fused(&linears, &input)?,
                 None => None,
             };
@@ -259,9 +298,10 @@ impl Linear {
             return vec![(0..total, false)];
         }
         let dense = self.is_dense();
-        // Prompt chunks go in pieces short enough for the decode kernels (never a GEMM).
+        // Prompt chunks go in pieces short enough for the decode kernels (never a GEMM); the
+        // half kernel takes any number of rows.
         let piece = match self.q8_0 {
-            _ if dense => usize::MAX,
+            _ if dense || matches!(self.weight, Weight::Half(..)) => usize::MAX,
             Some(_) => Q8_0_GEMM_ROWS - 1,
             None => GEMM_ROWS - 1,
         };
@@ -321,9 +361,33 @@ impl Linear {
                 };
                 padded.matmul(&w.t()?)?.narrow(0, 0, rows)?
             }
-            _ => self.matmul.forward(x)?,
+            _ => match &self.weight {
+                Weight::Candle(matmul) => matmul.forward(x)?,
+                // The half kernel adds the bias itself.
+                Weight::Half(..) => {
+                    let y = Self::half_rows(&[self], x)?.and_then(|mut y| y.pop());
+                    return y.ok_or_else(|| {
+                        candle_core::Error::Msg("half kernel: no output".into()).into()
+                    });
+                }
+            },
         };
         self.add_bias(y)
+    }
+
+    /// wick's half kernel over `x`, `(rows, in)`, where every projection is a bf16/f16 matrix.
+    fn half_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let rows = x.dim(0)?;
+        let weights: Option<Vec<&HalfMatrix>> = linears
+            .iter()
+            .map(|l| l.half_weight().map(Arc::as_ref))
+            .collect();
+        match (weights, &linears[0].weight) {
+            (Some(weights), Weight::Half(_, level)) => Self::own_kernel(linears, x, |x| {
+                kernels::half::matmul(&weights, x, rows, *level, linears[0].threads)
+            }),
+            _ => Ok(None),
+        }
     }
 
     /// wick's Q8_0 tiles over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] decode rows when
@@ -387,10 +451,7 @@ impl Linear {
     fn fused(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let weights: Option<Vec<&QTensor>> = linears
             .iter()
-            .map(|l| match &l.matmul {
-                QMatMul::QTensor(w) => Some(w.as_ref()),
-                _ => None,
-            })
+            .map(|l| l.quantized_weight().map(Arc::as_ref))
             .collect();
         let Some(weights) = weights.filter(|_| x.device().is_cpu()) else {
             return Ok(None);
@@ -503,6 +564,12 @@ mod tests {
                 };
                 (format!("{dtype:?} {n}x{k}"), k, linear)
             })
+            .chain(kernels::Level::best().map(|level| {
+                let w = Tensor::randn(0f32, 0.02, (48, 576), device).unwrap();
+                let half = kernels::half::Half::Bf16;
+                let w = HalfMatrix::from_tensor(half, &w).unwrap().unwrap();
+                ("bf16 48x576".to_string(), 576, Linear::half(w, None, level))
+            }))
             .collect()
     }
 

@@ -24,10 +24,11 @@ use candle_transformers::models::{
 use serde_json::json;
 
 use super::*;
+use crate::engine::DTypeChoice;
 use crate::engine::gguf_metadata::Metadata;
 use crate::engine::kv::{BlockId, KvStore};
 use crate::engine::load::gguf::GgufSource;
-use crate::engine::load::safetensors::SafetensorsSource;
+use crate::engine::load::safetensors::{Matrices, SafetensorsSource};
 
 const PROMPT: [u32; 20] = [
     7, 42, 3, 100, 17, 250, 8, 66, 128, 5, 31, 99, 12, 200, 77, 1, 54, 9, 180, 23,
@@ -250,7 +251,12 @@ fn ours_hf_quantized(
         family,
         dtype: DType::F32,
         device: Device::Cpu,
-        quantize: quantize.map(|q| (q, LAYERS)),
+        matrices: match quantize {
+            Some(to) => Matrices::Quantized(to),
+            None => Matrices::Cpu(DTypeChoice::F32),
+        },
+        layers: LAYERS,
+        kept: None,
     };
     Transformer::load(Config::from_hf(config).unwrap(), &mut source, &Device::Cpu).unwrap()
 }

@@ -11,6 +11,7 @@ use candle_core::{D, DType, Device, Tensor};
 use super::attention::{self, Heads, QueryRows, paged_attention};
 use super::config::{Activation, Config, RopeScaling};
 use super::embedding::Embedding;
+use super::kernels;
 use super::linear::{Linear, Span};
 use super::rope::Rope;
 use super::weights::WeightSource;
@@ -86,6 +87,9 @@ pub(crate) struct Transformer {
     local_rope: Rope,
     dtype: DType,
     device: Device,
+    /// The pool the CPU kernels run on, attention's included: one pool of spinning threads at a
+    /// time (see `kernels::Threads`).
+    threads: kernels::Threads,
 }
 
 impl Transformer {
@@ -117,6 +121,11 @@ impl Transformer {
                     && table.dtype() == weight.dtype()
                 {
                     embed = Embedding::Quantized(weight.clone());
+                }
+                if let (Embedding::Half(table), Some(weight)) = (&embed, output.half_weight())
+                    && table.format() == weight.format()
+                {
+                    embed = Embedding::Half(weight.clone());
                 }
                 output
             }
@@ -185,12 +194,13 @@ impl Transformer {
             output,
             dtype,
             device: device.clone(),
+            threads: kernels::Threads::Wick,
         };
-        // One pool of spinning threads at a time (see `kernels::Threads`).
         let mut all_ours = true;
         model.each_linear(|linear| all_ours &= linear.on_wicks_kernels());
         if !all_ours {
             model.each_linear_mut(Linear::share_candles_threads);
+            model.threads = kernels::Threads::Candle;
         }
         Ok(model)
     }
@@ -450,7 +460,7 @@ impl Transformer {
                     block_size: kv.shape().block_size,
                     window,
                 };
-                paged_attention(&q, keys, values, &queries, shape)?
+                paged_attention(&q, keys, values, &queries, shape, self.threads)?
             }
             false => self.gathered_attention(kv, index, &q, segments, window)?,
         };

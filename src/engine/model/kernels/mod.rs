@@ -10,6 +10,9 @@
 //!   Gemma 3 270M); activations are quantized once per row in blocks of 32.
 //! - Q8_0 tiles ([`q8_0`]): 2 to 255 rows on matrices candle's fast kernels skip, each weight
 //!   block shared by four rows; the same bits as [`blocks32`] gives a lone row.
+//! - bf16 and f16 safetensors matrices as stored ([`half`]): candle has no bf16 matmul on a CPU
+//!   and would widen them to f32, twice the bytes; these widen in registers, for any number of
+//!   rows.
 //!
 //! An AVX-512 VNNI path and an AVX2 path, chosen at run time; both give the same bits (exact
 //! integer block sums, the same f32 steps).
@@ -20,6 +23,7 @@
 
 mod activations;
 mod blocks32;
+pub(crate) mod half;
 mod k_quants;
 mod pool;
 pub(crate) mod q8_0;
@@ -50,7 +54,7 @@ pub(crate) enum Threads {
 
 impl Threads {
     /// Runs `f` for each of `parts` on these threads.
-    fn run(self, parts: usize, f: impl Fn(usize) + Sync) {
+    pub(crate) fn run(self, parts: usize, f: impl Fn(usize) + Sync) {
         match self {
             Threads::Wick => pool::pool().run(parts, f),
             Threads::Candle => candle_core::utils::barrier_pool()
@@ -64,7 +68,7 @@ impl Threads {
 pub(crate) enum Level {
     /// AVX-512 F/BW/VL with VNNI (Zen 4, Sapphire Rapids and later).
     Avx512Vnni,
-    /// AVX2 with FMA (Haswell, Zen 1 and later).
+    /// AVX2 with FMA and F16C (Haswell, Zen 1 and later).
     Avx2,
 }
 
@@ -79,7 +83,7 @@ impl Level {
             if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
                 levels.push(Level::Avx512Vnni);
             }
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 levels.push(Level::Avx2);
             }
             levels
@@ -209,16 +213,8 @@ pub(crate) fn matmul(
         .iter_mut()
         .map(|y| y.as_mut_ptr() as usize)
         .collect();
-    // About eight tasks per thread even out the threads, and let the others take a late
-    // thread's share (see `pool`).
-    let columns: usize = parts.iter().map(|(_, _, n, _)| n).sum();
-    let threads_count = candle_core::utils::get_num_threads();
-    let per_task = (columns / (8 * threads_count)).max(TASK_COLUMNS);
-    let tasks: Vec<(usize, usize)> = parts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, _, n, _))| (0..*n).step_by(per_task).map(move |first| (i, first)))
-        .collect();
+    let columns: Vec<usize> = parts.iter().map(|(_, _, n, _)| *n).collect();
+    let (per_task, tasks) = column_tasks(&columns, TASK_COLUMNS);
     let run = |task: usize| {
         let (i, first) = tasks[task];
         let (data, dtype, n, block_bytes) = &parts[i];
@@ -246,6 +242,23 @@ pub(crate) fn matmul(
     };
     threads.run(tasks.len(), run);
     Ok(outputs)
+}
+
+/// The parallel tasks of a call over matrices of `columns` output columns each: `(matrix, first
+/// column)`, each of the returned count of columns (a multiple of four, at least `fewest`).
+/// Long runs of columns stream from memory best; about eight tasks per thread even out the
+/// threads and let the others take a late thread's share (see `pool`).
+fn column_tasks(columns: &[usize], fewest: usize) -> (usize, Vec<(usize, usize)>) {
+    let threads = candle_core::utils::get_num_threads();
+    let per_task = (columns.iter().sum::<usize>() / (8 * threads))
+        .next_multiple_of(4)
+        .max(fewest);
+    let tasks = columns
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| (0..n).step_by(per_task).map(move |first| (i, first)))
+        .collect();
+    (per_task, tasks)
 }
 
 /// `out.len()` columns of weights (all their blocks, one column after another) times `rows`

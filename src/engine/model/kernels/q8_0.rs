@@ -80,18 +80,10 @@ pub(crate) fn matmul(
         .iter_mut()
         .map(|y| y.as_mut_ptr() as usize)
         .collect();
-    // Long runs of columns stream from memory best (each tile prefetches the next); about
-    // eight per thread even out the threads. The model's other kernels' pool runs the tasks: a
-    // second pool would fight its spinning workers for the cores.
-    let columns: usize = parts.iter().map(|(_, n)| n).sum();
-    let per_task = (columns / (8 * candle_core::utils::get_num_threads()))
-        .next_multiple_of(4)
-        .max(TASK_COLUMNS);
-    let tasks: Vec<(usize, usize)> = parts
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, n))| (0..*n).step_by(per_task).map(move |first| (i, first)))
-        .collect();
+    // The model's other kernels' pool runs the tasks: a second pool would fight its spinning
+    // workers for the cores.
+    let columns: Vec<usize> = parts.iter().map(|(_, n)| *n).collect();
+    let (per_task, tasks) = super::column_tasks(&columns, TASK_COLUMNS);
     let run = |task: usize| {
         let (i, first) = tasks[task];
         let (data, n) = &parts[i];

@@ -23,7 +23,8 @@ fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (QTensor, Vec<f32
     (q, dense.to_vec1().unwrap())
 }
 
-fn inputs(m: usize, k: usize) -> Vec<f32> {
+/// Activations `(m, k)`, shared with the other kernels' tests.
+pub(super) fn inputs(m: usize, k: usize) -> Vec<f32> {
     // Deterministic, uneven, with a few large values, as real activations have.
     (0..m * k)
         .map(|i| {
