@@ -1,10 +1,11 @@
-//! `wick export --to safetensors`: a llama-family GGUF file, dequantized into a directory in the
+//! `wick export --to safetensors`: a llama or qwen2 GGUF file, dequantized into a directory in the
 //! Hugging Face layout — `config.json`, `model.safetensors` with the Hub's tensor names,
 //! `tokenizer.json`, `tokenizer_config.json` (with the chat template) and
 //! `generation_config.json` — that the `huggingface` backend (or `transformers`) loads.
 //!
-//! llama.cpp's converter permutes the rows of the query and key projections for its interleaved
-//! rotary layout; the Hugging Face layout keeps the halves split, so those rows are put back.
+//! llama.cpp's converter permutes the rows of llama's query and key projections for its
+//! interleaved rotary layout; the Hugging Face layout keeps the halves split, so those rows are
+//! put back (qwen2's are stored as they are).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -19,7 +20,7 @@ use crate::engine::model::{Config, Family, hf_name};
 use crate::engine::tokenizer;
 use crate::error::{Error, Result, candle_message};
 
-/// Writes the Hugging Face layout of the llama-family GGUF `gguf` into `out` (created if needed),
+/// Writes the Hugging Face layout of the llama or qwen2 GGUF `gguf` into `out` (created if needed),
 /// storing weights as `dtype`.
 pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> {
     let load_error = |message: String| Error::Load {
@@ -31,13 +32,18 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
         .map_err(|e| load_error(format!("not a valid GGUF file ({})", candle_message(&e))))?;
     let meta = Metadata(&ct);
     let shape = Config::from_gguf(meta).map_err(load_error)?;
-    if shape.family != Family::Llama {
-        return Err(Error::UnsupportedArchitecture {
-            found: shape.family.name().to_string(),
-            path: gguf.to_path_buf(),
-            supported: "llama (export)".into(),
-        });
-    }
+    let (model_type, architecture) = match shape.family {
+        Family::Llama => ("llama", "LlamaForCausalLM"),
+        Family::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
+        other => {
+            return Err(Error::UnsupportedArchitecture {
+                found: other.name().to_string(),
+                path: gguf.to_path_buf(),
+                supported: "llama, qwen2 (export)".into(),
+            });
+        }
+    };
+    let llama = shape.family == Family::Llama;
     if ct.tensor_infos.contains_key("rope_freqs.weight") {
         return Err(load_error(
             "it carries Llama 3 rope scaling (`rope_freqs.weight`), which the export cannot \
@@ -49,8 +55,8 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     let eos = meta.integer("tokenizer.ggml.eos_token_id");
     let has_output = ct.tensor_infos.contains_key("output.weight");
     let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": shape.hidden,
         "intermediate_size": shape.ffn,
         "num_hidden_layers": shape.layers,
@@ -82,14 +88,14 @@ pub fn gguf_to_safetensors(gguf: &Path, out: &Path, dtype: DType) -> Result<()> 
     let mut tensors = HashMap::new();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
     for name in names {
-        let Some(hf_name) = hf_name(Family::Llama, &name) else {
+        let Some(hf_name) = hf_name(shape.family, &name) else {
             tracing::warn!(tensor = %name, "no Hugging Face name for this tensor; skipped");
             continue;
         };
         let mut weight = ct.tensor(&mut file, &name, &device)?.dequantize(&device)?;
-        if name.ends_with("attn_q.weight") {
+        if llama && name.ends_with("attn_q.weight") {
             weight = unpermute(&weight, shape.heads)?;
-        } else if name.ends_with("attn_k.weight") {
+        } else if llama && name.ends_with("attn_k.weight") {
             weight = unpermute(&weight, shape.kv_heads)?;
         }
         tensors.insert(hf_name, weight.to_dtype(dtype)?);

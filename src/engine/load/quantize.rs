@@ -82,18 +82,26 @@ fn more_bits(i: usize, layers: usize) -> bool {
 }
 
 /// `weight` `(n, k)` quantized to `dtype` on the CPU, then placed on `device`.
-pub(crate) fn quantize(weight: &Tensor, dtype: GgmlDType, device: &Device) -> Result<QTensor> {
-    let cpu = QTensor::quantize(&weight.to_device(&Device::Cpu)?, dtype)?;
-    if device.is_cpu() {
-        return Ok(cpu);
+/// How much of a matrix is widened to f32 at a time to be quantized.
+const CHUNK_BYTES: usize = 64 << 20;
+
+/// An `(n, k)` matrix quantized to `dtype` on `device`, read a block of rows at a time through
+/// `rows(first, count)` (f32, `(count, k)`): blocks never span rows, so the pieces' blocks are
+/// the whole matrix's, and only one piece is ever widened to f32 (a 151,936-row embedding table
+/// would be 933 MB of f32 at once).
+pub(crate) fn quantize(
+    (n, k): (usize, usize),
+    mut rows: impl FnMut(usize, usize) -> Result<Tensor>,
+    dtype: GgmlDType,
+    device: &Device,
+) -> Result<QTensor> {
+    let chunk = (CHUNK_BYTES / (4 * k).max(1)).max(1);
+    let mut bytes = Vec::new();
+    for first in (0..n).step_by(chunk) {
+        let piece = QTensor::quantize(&rows(first, chunk.min(n - first))?, dtype)?;
+        bytes.extend_from_slice(&piece.data()?);
     }
-    let bytes = cpu.data()?;
-    Ok(qtensor_from_ggml(
-        dtype,
-        &bytes,
-        weight.dims().to_vec(),
-        device,
-    )?)
+    Ok(qtensor_from_ggml(dtype, &bytes, vec![n, k], device)?)
 }
 
 #[cfg(test)]

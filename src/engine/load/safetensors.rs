@@ -188,12 +188,29 @@ impl SafetensorsSource {
             return Ok(None);
         };
         let tied = !self.contains("output.weight");
-        let weight = self.load(name, DType::F32, &Device::Cpu)?;
-        let k = weight.dims().last().copied().unwrap_or(0);
-        match to.block_type(name, k, self.layers, tied) {
-            Some(block) => Ok(Some(quantize(&weight, block, &self.device)?)),
-            None => Ok(None),
-        }
+        let Some(hf) = self.name(name) else {
+            return Ok(None);
+        };
+        let view = self.tensors.get(&hf)?;
+        let (&[n, k], Ok(stored)) = (view.shape(), DType::try_from(view.dtype())) else {
+            return Ok(None);
+        };
+        let Some(block) = to.block_type(name, k, self.layers, tied) else {
+            return Ok(None);
+        };
+        // Rows are read straight from the mapped bytes, a piece at a time.
+        let row_bytes = k * stored.size_in_bytes();
+        let data = view.data();
+        let rows = |first: usize, count: usize| -> Result<Tensor> {
+            let bytes = data
+                .get(first * row_bytes..(first + count) * row_bytes)
+                .ok_or_else(|| candle_core::Error::Msg(format!("`{hf}` is truncated")))?;
+            let piece = Tensor::from_raw_buffer(bytes, stored, &[count, k], &Device::Cpu)?;
+            Ok(piece.to_dtype(DType::F32)?)
+        };
+        let weight = quantize((n, k), rows, block, &self.device)?;
+        release_pages(data);
+        Ok(Some(weight))
     }
 
     /// The matrix `name` in 16 bits for wick's half kernel, where `matrices` keeps it so on this

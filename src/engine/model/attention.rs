@@ -605,6 +605,16 @@ mod tests {
 
     use super::*;
 
+    /// A call split as the tests ask, on wick's pool.
+    fn tested(partition: usize, path: Path) -> Run {
+        let threads = Threads::Wick;
+        Run {
+            partition,
+            path,
+            threads,
+        }
+    }
+
     const BS: usize = 4;
 
     /// A pool of `blocks` blocks holding random keys and values, `(kv_heads, blocks * BS, dim)`.
@@ -695,11 +705,7 @@ mod tests {
                     &values,
                     &segments,
                     shape,
-                    Run {
-                        partition,
-                        path,
-                        threads: Threads::Wick,
-                    },
+                    tested(partition, path),
                 )
                 .unwrap();
                 let mut row = 0;
@@ -757,11 +763,7 @@ mod tests {
                         &values,
                         &segments,
                         shape,
-                        Run {
-                            partition,
-                            path,
-                            threads: Threads::Wick,
-                        },
+                        tested(partition, path),
                     )
                     .unwrap()
                     .to_vec2::<f32>()
@@ -797,11 +799,7 @@ mod tests {
                     &values,
                     &segments,
                     shape,
-                    Run {
-                        partition,
-                        path,
-                        threads: Threads::Wick,
-                    },
+                    tested(partition, path),
                 )
                 .unwrap();
                 assert_eq!(

@@ -720,6 +720,57 @@ fn quantized_at_load_equals_the_gguf_of_the_same_blocks() {
     assert!(diff > 1e-6, "quantized equals f32");
 }
 
+/// `wick export` of a llama or qwen2 GGUF gives back the safetensors the GGUF was made from (the
+/// same logits): llama's q/k rows unpermuted, qwen2's kept, its biases carried over.
+#[test]
+fn export_gives_back_the_safetensors_a_gguf_was_made_from() {
+    for model_type in ["llama", "qwen2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = hf_config(model_type);
+        hf_weights(&config, dir.path());
+        let bytes = gguf_of_hf_as(&config, dir.path(), GgmlDType::F32);
+        // The export rebuilds tokenizer.json from the file's vocabulary: give it one.
+        let mut reader = Cursor::new(bytes);
+        let ct = gguf_file::Content::read(&mut reader).unwrap();
+        let tensors: Vec<(String, QTensor)> = ct
+            .tensor_infos
+            .keys()
+            .map(|name| {
+                let t = ct.tensor(&mut reader, name, &Device::Cpu).unwrap();
+                (name.clone(), t)
+            })
+            .collect();
+        let mut metadata = ct.metadata.clone();
+        let tokens = (0..VOCAB).map(|i| Value::String(format!("t{i}"))).collect();
+        metadata.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+        metadata.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
+        metadata.insert("tokenizer.ggml.merges".into(), Value::Array(Vec::new()));
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let gguf = dir.path().join("model.gguf");
+        gguf_file::write(
+            &mut std::fs::File::create(&gguf).unwrap(),
+            &metadata,
+            &tensors,
+        )
+        .unwrap();
+
+        let out = dir.path().join("exported");
+        crate::export::gguf_to_safetensors(&gguf, &out, DType::F32).unwrap();
+        let exported: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(exported["model_type"], model_type);
+        let (original, back) = (ours_hf(&config, dir.path()), ours_hf(&exported, &out));
+        let (mut a, mut b) = (original.new_cache(24).unwrap(), back.new_cache(24).unwrap());
+        let diff = max_diff(
+            &step(&original, &mut a, &PROMPT),
+            &step(&back, &mut b, &PROMPT),
+        );
+        assert!(diff < 1e-5, "{model_type}: logits differ by {diff}");
+    }
+}
+
 /// A tiny random-weight GGUF file of `architecture` in memory, matrices stored as `dtype`. Its
 /// widths are multiples of 256, so wick and candle's reference pick the same quantized kernels
 /// (`linear`'s own tests cover the padding of other widths).
