@@ -11,7 +11,8 @@
 //! invariance) or on how a prompt is cut into chunks.
 //!
 //! A tile of columns is read once for every row of the call (the rows go four at a time while
-//! the tile stays in cache), so 1 to 32 decode rows cost about what one does.
+//! the tile stays in cache): on SmolLM2's 576 × 1536 matrix, 8 rows cost about twice what one
+//! does (`cargo bench --bench kernels -- half`).
 
 use candle_core::{DType, Tensor};
 use half::{bf16, f16};
