@@ -394,6 +394,56 @@ fn exported_files_share_one_mode() {
     assert_eq!(mode("tokenizer.json"), mode("config.json"));
 }
 
+/// Each direction of `export` names what it reads when given the other kind of model, and
+/// `--quantize` is refused where it would not apply; nothing is written.
+#[test]
+fn export_refuses_the_wrong_direction() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let file = out_dir.path().join("model.gguf");
+    let file = file.to_str().unwrap();
+    let out = wick(&["export", "--to", "gguf", "--out", file]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("reads a Hugging Face model"),
+        "{}",
+        text(&out.stderr)
+    );
+    let dir = out_dir.path().to_str().unwrap();
+    let out = wick(&[
+        "export",
+        "--to",
+        "safetensors",
+        "--quantize",
+        "q8_0",
+        "--out",
+        dir,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--quantize writes a GGUF file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = wick(&[
+        "export",
+        "--to",
+        "gguf",
+        "--quantize",
+        "q8_0",
+        "--weights",
+        "f16",
+        "--out",
+        file,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+}
+
 /// `-t`: never more threads by default than the CPUs the process may use (here its affinity,
 /// one CPU); a warning where `-t` asks for more; 0 refused. (Its `bench --json` row also shows
 /// the KV cache's figures.)

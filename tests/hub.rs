@@ -135,8 +135,10 @@ async fn safetensors_greedy_matches_the_gguf_model() {
 
 /// Greedy tokens with how far the chosen one led the next (in log-probability).
 async fn greedy_with_leads(engine: &wick::Engine, prompt: &str, n: usize) -> Vec<(u32, f32)> {
+    // No repeat penalty: the leads are of the raw logits, so the choice must be too.
     let params = SamplingParams {
         logprobs: Some(2),
+        repeat_penalty: 1.0,
         ..SamplingParams::greedy(n)
     };
     let request = wick::GenerateRequest::prompt(prompt).with_params(params);
@@ -155,29 +157,113 @@ async fn greedy_with_leads(engine: &wick::Engine, prompt: &str, n: usize) -> Vec
     tokens
 }
 
+const AGREEMENT_PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+];
+
 /// `ours` gives `reference`'s first 12 greedy tokens on the test prompts up to the first step
-/// where `reference`'s choice led by less than 0.5 (where other rounding may flip it), and at
-/// least 4.
+/// where `reference`'s choice led by less than 0.5 (where other rounding may flip it).
 async fn agrees_where_the_lead_is_clear(reference: &wick::Engine, ours: &wick::Engine) {
-    for prompt in [
-        "The capital of France is",
-        "def fibonacci(n):",
-        "Once upon a time, in a small village,",
-    ] {
+    let mut agreed = 0;
+    for prompt in AGREEMENT_PROMPTS {
         let expected = greedy_with_leads(reference, prompt, 12).await;
         let got = greedy_with_leads(ours, prompt, 12).await;
-        let agreed = expected
-            .iter()
-            .zip(&got)
-            .take_while(|(a, b)| a.0 == b.0)
-            .count();
-        if let Some((token, lead)) = expected.get(agreed).filter(|_| agreed < got.len()) {
-            assert!(
-                *lead < 0.5,
-                "{prompt:?}: token {agreed} differs ({token} led by {lead})"
-            );
+        agreed += assert_agrees(prompt, &expected, &got);
+    }
+    assert!(agreed >= 8, "only {agreed} tokens compared");
+}
+
+/// `got` has `expected`'s tokens up to the first step where `expected`'s choice led by less
+/// than 0.5 (after which the two may part), or all of them; returns how many agreed.
+fn assert_agrees(prompt: &str, expected: &[(u32, f32)], got: &[(u32, f32)]) -> usize {
+    let agreed = expected
+        .iter()
+        .zip(got)
+        .take_while(|(a, b)| a.0 == b.0)
+        .count();
+    match expected.get(agreed) {
+        Some((token, lead)) => assert!(
+            *lead < 0.5,
+            "{prompt:?}: token {agreed} differs ({token} led by {lead}): {expected:?} {got:?}"
+        ),
+        None => assert_eq!(got.len(), expected.len(), "{prompt:?}: {got:?}"),
+    }
+    agreed
+}
+
+/// `wick export --to gguf` of the SmolLM2 safetensors (bf16, as the Hub's are), dense and
+/// quantized, loads in llama.cpp (its Python binding, a source build): llama.cpp splits the
+/// prompts into wick's tokens (digits, contractions, brackets: the pre-tokenizer the export
+/// named) and decodes wick's greedy tokens wherever its own choice led by 0.5 or more. The
+/// Q8_0 file, on wick's GGUF path, also decodes as `--quantize q8_0` does at load from the same
+/// weights, reading as many bytes per token.
+#[tokio::test]
+async fn the_gguf_export_loads_in_llama_cpp_and_decodes_as_wick_does() {
+    let fixture = common::fixture::hf_fixture_in(&small_gguf().await, candle_core::DType::BF16);
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = AGREEMENT_PROMPTS
+        .into_iter()
+        .chain(["In 2026, 1234567 people said: I'VE (maybe) gone...\n\n\tOK?"]);
+    for (name, format) in [
+        ("q8_0", ["--quantize", "q8_0"]),
+        ("q4_k", ["--quantize", "q4_k"]),
+        ("bf16", ["--weights", "bf16"]),
+    ] {
+        let gguf = dir.path().join(format!("smollm2-{name}.gguf"));
+        let mut args = vec!["export", "--to", "gguf", "--backend", "huggingface"];
+        args.extend(["--model-path", fixture.to_str().unwrap()]);
+        args.extend(["--out", gguf.to_str().unwrap()]);
+        args.extend(format);
+        let out = wick(&args, &[]).await;
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+
+        let ours = common::manager(LoadOptions::default())
+            .get(&ModelSelector::Path(gguf.clone()))
+            .await
+            .unwrap();
+        let llama_cpp = std::process::Command::new(common::process::python())
+            .arg(common::process::client_script("llama_cpp_greedy.py"))
+            .arg(&gguf)
+            .arg("12")
+            .args(prompts.clone())
+            .output()
+            .unwrap();
+        assert!(llama_cpp.status.success(), "{}", text(&llama_cpp.stderr));
+        let answers: Vec<serde_json::Value> = text(&llama_cpp.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(answers.len(), prompts.clone().count());
+        let mut agreed = 0;
+        for (prompt, answer) in prompts.clone().zip(answers) {
+            let ids = ours
+                .encode_input(&wick::Input::Prompt(prompt.to_string()))
+                .unwrap();
+            let theirs: Vec<u32> = serde_json::from_value(answer["prompt_ids"].clone()).unwrap();
+            assert_eq!(theirs, ids, "{name}: {prompt:?} tokenized differently");
+            let expected: Vec<(u32, f32)> =
+                serde_json::from_value(answer["steps"].clone()).unwrap();
+            let got = greedy_with_leads(&ours, prompt, 12).await;
+            agreed += assert_agrees(&format!("{name}: {prompt}"), &expected, &got);
         }
-        assert!(agreed >= 4, "{prompt:?}: {expected:?} {got:?}");
+        assert!(agreed >= 8, "{name}: only {agreed} tokens compared");
+
+        if name == "q8_0" {
+            let at_load = common::manager(LoadOptions {
+                quantize: Some(Quantize::Q8_0),
+                ..LoadOptions::default()
+            })
+            .get(&ModelSelector::Path(fixture.clone()))
+            .await
+            .unwrap();
+            assert_eq!(
+                at_load.info().weight_bytes_per_token,
+                ours.info().weight_bytes_per_token
+            );
+            agrees_where_the_lead_is_clear(&at_load, &ours).await;
+        }
     }
 }
 

@@ -108,8 +108,13 @@ impl ModelManager {
 
     /// Fetches the model's files into the caches and returns their local paths.
     pub async fn pull(&self, selector: &ModelSelector) -> Result<Vec<PathBuf>> {
+        Ok(self.files(selector).await?.paths())
+    }
+
+    /// Fetches the model's files into the caches and returns them by role.
+    pub(crate) async fn files(&self, selector: &ModelSelector) -> Result<resolve::ModelFiles> {
         let model = self.resolve(selector)?;
-        Ok(resolve::fetch_files(&model, &self.fetcher).await?.paths())
+        resolve::fetch_files(&model, &self.fetcher).await
     }
 
     /// The loaded model for `selector`, fetching and loading it on first use.

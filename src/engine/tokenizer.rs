@@ -92,9 +92,9 @@ pub(crate) fn from_gguf(ct: &mut Content) -> Result<Tokenizer> {
 }
 
 /// llama.cpp's token types in `tokenizer.ggml.token_type`.
-const NORMAL: i32 = 1;
-const CONTROL: i32 = 3;
-const USER_DEFINED: i32 = 4;
+pub(crate) const NORMAL: i32 = 1;
+pub(crate) const CONTROL: i32 = 3;
+pub(crate) const USER_DEFINED: i32 = 4;
 
 /// Builds the SentencePiece BPE tokenizer (Gemma's, Llama 2's) that a GGUF file describes.
 ///

@@ -14,7 +14,7 @@ pub fn hf_fixture(gguf: &Path) -> PathBuf {
 /// writes its own copy and the first rename wins.
 pub fn hf_fixture_in(gguf: &Path, dtype: DType) -> PathBuf {
     let code = [
-        include_str!("../../src/export.rs"),
+        include_str!("../../src/export/safetensors.rs"),
         include_str!("../../src/engine/gguf_metadata.rs"),
         include_str!("../../src/engine/tokenizer.rs"),
     ]

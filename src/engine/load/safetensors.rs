@@ -122,18 +122,7 @@ pub(crate) fn load(
         None => tokenizer_config.chat_template,
     };
 
-    let weights_error = |message: String| Error::Load {
-        path: files.weights.first().cloned().unwrap_or_default(),
-        message,
-    };
-    // SAFETY: the weights are memory-mapped; wick never writes to a file in place (downloads
-    // are renamed into the cache whole), so the mapped bytes do not change while in use.
-    let tensors = unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|e| {
-        weights_error(format!(
-            "the safetensors weights are unreadable (truncated download?): {}",
-            candle_message(&e)
-        ))
-    })?;
+    let tensors = open(files)?;
     let layers = config.layers;
     let mut source = SafetensorsSource {
         tensors,
@@ -162,6 +151,19 @@ pub(crate) fn load(
     })
 }
 
+/// The model's safetensors files, memory-mapped.
+pub(crate) fn open(files: &HfFiles) -> Result<MmapedSafetensors> {
+    // SAFETY: the weights are memory-mapped; wick never writes to a file in place (downloads
+    // are renamed into the cache whole), so the mapped bytes do not change while in use.
+    unsafe { MmapedSafetensors::multi(&files.weights) }.map_err(|e| Error::Load {
+        path: files.weights.first().cloned().unwrap_or_default(),
+        message: format!(
+            "the safetensors weights are unreadable (truncated download?): {}",
+            candle_message(&e)
+        ),
+    })
+}
+
 /// Memory-mapped safetensors, looked up through the Hugging Face names of GGUF names and
 /// converted to the engine's dtype (f32 on the CPU, bf16 on CUDA) as they are read, or matrices
 /// kept or quantized one at a time as `matrices` says.
@@ -183,7 +185,7 @@ impl SafetensorsSource {
     }
 
     /// The matrix `name` quantized as `--quantize` says, where it does.
-    fn quantized(&mut self, name: &str) -> Result<Option<QTensor>> {
+    pub(crate) fn quantized(&mut self, name: &str) -> Result<Option<QTensor>> {
         let Matrices::Quantized(to) = self.matrices else {
             return Ok(None);
         };
@@ -321,7 +323,7 @@ impl WeightSource for SafetensorsSource {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Load {
         path: path.to_path_buf(),
         message: e.to_string(),
