@@ -398,48 +398,44 @@ fn exported_files_share_one_mode() {
 /// `--quantize` is refused where it would not apply; nothing is written.
 #[test]
 fn export_refuses_the_wrong_direction() {
+    let refused = |args: &[&str], reason: &str| {
+        let out = wick(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out.stderr).contains(reason), "{}", text(&out.stderr));
+    };
     let out_dir = tempfile::tempdir().unwrap();
     let file = out_dir.path().join("model.gguf");
     let file = file.to_str().unwrap();
-    let out = wick(&["export", "--to", "gguf", "--out", file]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("reads a Hugging Face model"),
-        "{}",
-        text(&out.stderr)
-    );
     let dir = out_dir.path().to_str().unwrap();
-    let out = wick(&[
-        "export",
-        "--to",
-        "safetensors",
-        "--quantize",
-        "q8_0",
-        "--out",
-        dir,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("--quantize writes a GGUF file"),
-        "{}",
-        text(&out.stderr)
+    refused(
+        &["export", "--to", "gguf", "--out", file],
+        "reads a Hugging Face model",
     );
-    let out = wick(&[
-        "export",
-        "--to",
-        "gguf",
-        "--quantize",
-        "q8_0",
-        "--weights",
-        "f16",
-        "--out",
-        file,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("cannot be used with"),
-        "{}",
-        text(&out.stderr)
+    refused(
+        &[
+            "export",
+            "--to",
+            "safetensors",
+            "--quantize",
+            "q8_0",
+            "--out",
+            dir,
+        ],
+        "--quantize writes a GGUF file",
+    );
+    refused(
+        &[
+            "export",
+            "--to",
+            "gguf",
+            "--quantize",
+            "q8_0",
+            "--weights",
+            "f16",
+            "--out",
+            file,
+        ],
+        "cannot be used with",
     );
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 }

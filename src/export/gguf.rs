@@ -221,7 +221,12 @@ fn tokenizer_metadata(
     };
     let json = safetensors::read_json(&files.tokenizer)?;
     let model = &json["model"];
-    if model["type"] != "BPE" || !json.to_string().contains("\"ByteLevel\"") {
+    // Byte-level BPE names its `ByteLevel` step in the pipeline around the model (the
+    // vocabulary itself is not searched).
+    let byte_level = ["pre_tokenizer", "decoder", "post_processor"]
+        .iter()
+        .any(|part| json[part].to_string().contains("\"ByteLevel\""));
+    if model["type"] != "BPE" || !byte_level {
         return Err(unsupported("is not one"));
     }
     // Merges are "left right" strings, or [left, right] pairs in newer files.

@@ -81,7 +81,6 @@ fn more_bits(i: usize, layers: usize) -> bool {
     }
 }
 
-/// `weight` `(n, k)` quantized to `dtype` on the CPU, then placed on `device`.
 /// How much of a matrix is widened to f32 at a time to be quantized.
 const CHUNK_BYTES: usize = 64 << 20;
 
