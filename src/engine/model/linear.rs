@@ -4,7 +4,7 @@
 //! (`kernels/half.rs`, faster than candle's f32 GEMM over the widened weights at every row count
 //! measured) and Q8_0 matrices that candle's fast kernels skip, in tiles of 16 columns
 //! (`kernels/q8_0_tiles.rs`; the tiles replace the blocks, where candle's fast Q8_0 kernel keeps
-//! a second, repacked copy beside them, which is still faster on prompts).
+//! a second, repacked copy beside them).
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
 //! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices take wick's own kernels (`kernels/`) in calls of
@@ -104,8 +104,8 @@ impl Linear {
     pub fn quantized(weight: QTensor, bias: Option<Tensor>, device: &Device) -> Result<Self> {
         let fast = device.is_cpu() && fast_kernels() && has_fast_kernel(&weight);
         let level = kernels::Level::best().filter(|_| device.is_cpu());
-        // candle's fast Q8_0 kernel is faster on prompts (BENCHMARKS.md), at the cost of a
-        // second, repacked copy of the matrix.
+        // Where candle's fast Q8_0 kernel applies it keeps it (a second, repacked copy beside
+        // the blocks), until the tiles are measured against it in the model (BENCHMARKS.md).
         if let Some(level) = level.filter(|_| !fast)
             && let Some(tiles) = Q8_0Tiles::from_qtensor(&weight)?
         {

@@ -9,9 +9,9 @@
 //! of a row (broadcast) into 16 column sums, and the f32 work (scale, convert, add) is done once
 //! per block for 16 columns instead of once per column. The tiles are the matrix's only copy.
 //! candle's fast Q8_0 kernel (AVX-512 VNNI, an inner dimension that is a multiple of 256) gets
-//! its speed the same way from a second, repacked copy beside the blocks; on those matrices it
-//! is still faster on prompts, so they keep it (BENCHMARKS.md), and these tiles take the others
-//! (every matrix of SmolLM2 and Gemma 3 270M).
+//! its speed the same way from a second, repacked copy beside the blocks; those matrices keep it
+//! until the two are compared end to end (BENCHMARKS.md), and these tiles take the others (every
+//! matrix of SmolLM2 and Gemma 3 270M but SmolLM2's `ffn_down`).
 //!
 //! The activations are ggml's Q8_0 ([`Q8x32`]). A block's integer dot product is exact (the
 //! `+128` comes off through the row's block sum, computed once per row), scaled by the product of
