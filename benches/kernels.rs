@@ -1,8 +1,9 @@
 //! The CPU matmul kernels wick chooses between for a projection over quantized weights, on the
 //! shapes of the models it benchmarks — candle's quantized kernel on the weights as stored, the
 //! same with the inner dimension zero-padded to a multiple of 256 (where candle's fast x86
-//! kernels apply), wick's Q8_0 tiles (every row count), wick's own decode-row kernels (Q4_K, Q6_K,
-//! Q4_0, Q4_1, Q5_0; blocks as stored), and dequantize + f32 GEMM:
+//! kernels apply), wick's own Q8_0 kernel for prompt chunks (AVX-512 VNNI, where candle's fast
+//! kernels do not apply), wick's own decode-row kernels (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0; blocks
+//! as stored), and dequantize + f32 GEMM:
 //!
 //! `kernels/<dtype>/<out>x<in>/<rows>/<kernel>`, in rows per second. Then bf16 weights (see
 //! [`half`]) and attention at depth (see [`attention`]).
@@ -48,7 +49,6 @@ fn bench(c: &mut Criterion) {
             let q = QTensor::quantize(&w, dtype).expect("quantize");
             let wide = w.pad_with_zeros(D::Minus1, 0, padded - inner).expect("pad");
             let q_wide = QTensor::quantize(&wide, dtype).expect("quantize");
-            let tiles = wick::engine::Q8_0TilesKernel::new(&q);
             let plain = QMatMul::from_qtensor(q).expect("qmatmul");
             let wide_matmul = QMatMul::from_qtensor(q_wide).expect("qmatmul");
             for rows in [1, 8, 32, 128, 512] {
@@ -67,11 +67,12 @@ fn bench(c: &mut Criterion) {
                     });
                 }
                 let values: Vec<f32> = x.flatten_all().expect("x").to_vec1().expect("x");
-                if let Some(Ok(tiles)) = &tiles
-                    && let Some(Ok(_)) = tiles.matmul(&values, rows)
+                if let QMatMul::QTensor(q) = &plain
+                    && padded != inner
+                    && let Some(Ok(_)) = wick::engine::q8_0_rows_kernel(q, &values, rows)
                 {
-                    group.bench_function(BenchmarkId::new(&name, "wick_q8_0_tiles"), |b| {
-                        b.iter(|| tiles.matmul(&values, rows))
+                    group.bench_function(BenchmarkId::new(&name, "wick_q8_0"), |b| {
+                        b.iter(|| wick::engine::q8_0_rows_kernel(q, &values, rows))
                     });
                 }
                 if let QMatMul::QTensor(q) = &plain

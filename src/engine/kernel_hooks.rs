@@ -3,28 +3,21 @@
 use super::model;
 use crate::error::Result;
 
-/// wick's Q8_0 tiles (`kernels/q8_0_tiles.rs`), for `cargo bench --bench kernels` to measure
-/// against candle's: a Q8_0 matrix `(n, k)` repacked once.
+/// wick's Q8_0 kernel for several rows, for `cargo bench --bench kernels` to measure against
+/// candle's: `x` `(rows, k)` row-major times `weight` `(n, k)` transposed, or `None` where this
+/// CPU or weight does not take it.
 #[doc(hidden)]
-pub struct Q8_0TilesKernel(model::kernels::q8_0_tiles::Q8_0Tiles);
-
-impl Q8_0TilesKernel {
-    /// `None` where `weight` is not a Q8_0 matrix the tiles take.
-    pub fn new(weight: &candle_core::quantized::QTensor) -> Option<Result<Self>> {
-        use model::kernels::q8_0_tiles::Q8_0Tiles;
-        Q8_0Tiles::from_qtensor(weight)
-            .map(|tiles| tiles.map(Q8_0TilesKernel))
-            .transpose()
+pub fn q8_0_rows_kernel(
+    weight: &candle_core::quantized::QTensor,
+    x: &[f32],
+    rows: usize,
+) -> Option<Result<Vec<f32>>> {
+    if !model::kernels::q8_0::available() || !model::kernels::q8_0::applies(weight) {
+        return None;
     }
-
-    /// `x` `(rows, k)` row-major times the matrix transposed, at this CPU's widest SIMD level;
-    /// `None` where it has none the kernel is written for.
-    pub fn matmul(&self, x: &[f32], rows: usize) -> Option<Result<Vec<f32>>> {
-        let level = model::kernels::Level::best()?;
-        let threads = model::kernels::Threads::Wick;
-        let outputs = model::kernels::q8_0_tiles::matmul(&[&self.0], x, rows, level, threads);
-        Some(outputs.map(|mut outputs| outputs.remove(0)))
-    }
+    let threads = model::kernels::Threads::Wick;
+    let outputs = model::kernels::q8_0::matmul(&[weight], x, rows, threads);
+    Some(outputs.map(|mut outputs| outputs.remove(0)))
 }
 
 /// wick's decode-row kernel for `weight`'s type (Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q8_0) at this CPU's

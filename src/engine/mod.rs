@@ -32,7 +32,7 @@ pub use constraint::Constraint;
 pub use device::{DTypeChoice, DeviceChoice};
 pub use handle::{Engine, ModelInfo};
 #[doc(hidden)]
-pub use kernel_hooks::{HalfKernel, Q8_0TilesKernel, decode_rows_kernel, paged_attention_kernel};
+pub use kernel_hooks::{HalfKernel, decode_rows_kernel, paged_attention_kernel, q8_0_rows_kernel};
 pub use load::Quantize;
 pub use manager::{ManagerConfig, ModelManager, ModelStatus};
 pub use request::{GenerateRequest, Input};

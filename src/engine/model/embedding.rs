@@ -1,8 +1,7 @@
 //! The token embedding table. A pass looks up only a few rows, so on the CPU a GGUF table stays
 //! as stored and only the rows a pass needs are dequantized: Gemma 3 270M's 262,144 × 640 table
 //! is 671 MB in f32, 170 MB as stored, and that one copy also serves the tied output projection.
-//! A bf16/f16 safetensors table stays as stored the same way, and a tied Q8_0 table is read from
-//! the output projection's tiles.
+//! A bf16/f16 safetensors table stays as stored the same way.
 
 use std::sync::Arc;
 
@@ -10,7 +9,6 @@ use candle_core::quantized::{QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{Device, Tensor};
 
 use super::kernels::half::HalfMatrix;
-use super::kernels::q8_0_tiles::Q8_0Tiles;
 use crate::error::{Error, Result};
 
 pub(crate) enum Embedding {
@@ -20,8 +18,6 @@ pub(crate) enum Embedding {
     Quantized(Arc<QTensor>),
     /// bf16/f16 as stored, `(vocab, hidden)`, on the CPU.
     Half(Arc<HalfMatrix>),
-    /// A tied Q8_0 table, in the output projection's tiles, on the CPU.
-    Q8_0(Arc<Q8_0Tiles>),
 }
 
 impl Embedding {
@@ -53,14 +49,6 @@ impl Embedding {
             Embedding::Half(table) => {
                 let (vocab, hidden) = table.dims();
                 let rows = table.rows(ids).ok_or_else(|| outside(vocab))?;
-                return Ok(Tensor::from_vec(rows, (ids.len(), hidden), &Device::Cpu)?);
-            }
-            Embedding::Q8_0(tiles) => {
-                let (vocab, hidden) = tiles.dims();
-                let mut rows = Vec::with_capacity(ids.len() * hidden);
-                for &id in ids {
-                    rows.extend(tiles.row(id as usize).ok_or_else(|| outside(vocab))?);
-                }
                 return Ok(Tensor::from_vec(rows, (ids.len(), hidden), &Device::Cpu)?);
             }
             Embedding::Quantized(table) => table,
@@ -102,24 +90,13 @@ mod tests {
         ] {
             let q = QTensor::quantize(&table, dtype).unwrap();
             let dense = Embedding::Dense(q.dequantize(&device).unwrap());
-            let tiles = Q8_0Tiles::from_qtensor(&q).unwrap().map(Arc::new);
             let quantized = Embedding::Quantized(Arc::new(q));
             let ids = [3, 0, 39, 3, 17];
-            let expected = dense.rows(&ids).unwrap().to_vec2::<f32>().unwrap();
             assert_eq!(
                 quantized.rows(&ids).unwrap().to_vec2::<f32>().unwrap(),
-                expected,
+                dense.rows(&ids).unwrap().to_vec2::<f32>().unwrap(),
                 "{dtype:?}"
             );
-            // A tied Q8_0 table read from the output projection's tiles.
-            if let Some(tiles) = tiles {
-                let tiled = Embedding::Q8_0(tiles);
-                assert_eq!(
-                    tiled.rows(&ids).unwrap().to_vec2::<f32>().unwrap(),
-                    expected
-                );
-                assert!(matches!(tiled.rows(&[40]), Err(Error::InvalidRequest(_))));
-            }
             assert!(matches!(
                 quantized.rows(&[40]),
                 Err(Error::InvalidRequest(_))

@@ -1,20 +1,22 @@
 //! A projection: `x @ W^T (+ b)` over quantized (GGUF) or dense (safetensors) weights behind
-//! candle's `QMatMul`, or, on a CPU, on wick's kernels that take every call whatever its rows,
-//! so a row gets the same bits in any call: bf16/f16 safetensors matrices as stored
-//! (`kernels/half.rs`, faster than candle's f32 GEMM over the widened weights at every row count
-//! measured) and Q8_0 matrices that candle's fast kernels skip, in tiles of 16 columns
-//! (`kernels/q8_0_tiles.rs`; the tiles replace the blocks, where candle's fast Q8_0 kernel keeps
-//! a second, repacked copy beside them).
+//! candle's `QMatMul`, or, on a CPU, bf16/f16 safetensors matrices as stored, which take wick's
+//! half kernel (`kernels/half.rs`) for every call: it gives a row the same bits in any call, and
+//! beat candle's f32 GEMM over the widened weights at every row count measured.
 //!
 //! On the CPU the kernel is chosen per matrix (see BENCHMARKS.md, `cargo bench --bench kernels`).
 //! Q4_K, Q6_K, Q4_0, Q4_1 and Q5_0 matrices take wick's own kernels (`kernels/`) in calls of
 //! fewer than [`GEMM_ROWS`] rows, decode rows and prompt chunks alike: they read the blocks as
-//! stored, on AVX2 or AVX-512 VNNI.
+//! stored, on AVX2 or AVX-512 VNNI. Q8_0 matrices without a fast candle kernel take them for a lone
+//! row, and wick's Q8_0 tiles (the same bits) for 2 to 255 rows.
 //! Where candle's fast x86 kernels apply (AVX-512 VNNI; Q4_K, Q6_K and Q8_0 with an inner
 //! dimension that is a multiple of 256) they beat dequantizing for a GEMM at every prompt length.
 //! Where neither does, candle's kernel takes rows one by one, so decode calls of [`GEMM_ROWS`] or
 //! more rows, and prompt chunks, multiply by the dequantized f32 weights with candle's GEMM, which
 //! reuses each weight across the rows.
+//!
+//! Zero-padding other Q8_0 matrices to a multiple of 256 would make them 2.7–4.6 times faster, but
+//! those kernels round the activations in blocks of 256 rather than 32: SmolLM2's greedy text then
+//! parted from the same weights in f32 within eight tokens, so wick keeps the finer kernel.
 //!
 //! # Batch and chunk invariance
 //! A forward pass carries the rows of many sequences, and a sequence's tokens must not depend on
@@ -24,7 +26,7 @@
 //! (and candle's AMX tiles for Q4_K) from 32 rows, candle's one-row Q6_K kernel, and the dense
 //! GEMM, whose blocking follows the shape. So on the CPU prompt chunks ([`Span::prompt`]) never
 //! take the dequantized GEMM where a decode kernel applies: they go in pieces of fewer than
-//! [`GEMM_ROWS`] rows through the decode kernels, which give a row the
+//! [`GEMM_ROWS`] rows (255 on wick's Q8_0 tiles) through the decode kernels, which give a row the
 //! same bits in any call. Matrices only candle's generic kernel takes (Q5_K, say) multiply prompt
 //! chunks by their dequantized weights at any length, padded to [`PROMPT_ROWS`] rows, as dense
 //! weights do. Decode rows share calls of fewer than [`GEMM_ROWS`] rows; a lone row on a Q6_K fast
@@ -39,13 +41,17 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{D, Device, Module, Tensor};
 
 use super::kernels::half::HalfMatrix;
-use super::kernels::{self, q8_0_tiles::Q8_0Tiles};
+use super::kernels::{self, q8_0};
 use crate::error::Result;
 
 /// From this many rows on, a CPU matmul without a fast kernel dequantizes and runs a GEMM:
 /// dequantizing costs about what 18 rows through the slow kernel save (SmolLM2, 2 cores).
 /// Calls shorter than this keep the same kernel whatever their length.
 const GEMM_ROWS: usize = 32;
+
+/// Below this many rows, Q8_0 matrices without a fast candle kernel use wick's own (faster than
+/// dequantizing for a GEMM up to about 256 rows: `cargo bench --bench kernels`).
+const Q8_0_GEMM_ROWS: usize = 256;
 
 /// Prompt chunks that go through candle's GEMM are padded to at least this many rows: the `gemm`
 /// crate blocks small products another way, so a short chunk's rows would get other bits than the
@@ -84,6 +90,9 @@ pub(crate) struct Linear {
     per_segment: bool,
     /// A Q6_K matrix with a fast kernel: one row alone would take another kernel than two.
     pad_single: bool,
+    /// A Q8_0 matrix without a fast kernel, on a CPU that runs wick's Q8_0 tiles for several
+    /// rows (see `q8_0.rs`).
+    q8_0: Option<Arc<QTensor>>,
     /// The SIMD level of wick's decode-row kernels, where they take the matrix (in `matmul`) on
     /// this CPU, for calls of fewer than [`GEMM_ROWS`] rows.
     own: Option<kernels::Level>,
@@ -91,29 +100,20 @@ pub(crate) struct Linear {
     threads: kernels::Threads,
 }
 
-/// A projection's matrix: behind candle's `QMatMul` (GGUF blocks, or dense), or on wick's CPU
-/// kernels that take any number of rows: bf16/f16 as a safetensors file stores it
-/// (`kernels::half`), Q8_0 in tiles of 16 columns (`kernels::q8_0_tiles`).
+/// A projection's matrix: behind candle's `QMatMul` (GGUF blocks, or dense), or bf16/f16 as a
+/// safetensors file stores it, on wick's half kernel (`kernels::half`, CPU only).
 enum Weight {
     Candle(QMatMul),
     Half(Arc<HalfMatrix>, kernels::Level),
-    Q8_0(Arc<Q8_0Tiles>, kernels::Level),
 }
 
 impl Linear {
     pub fn quantized(weight: QTensor, bias: Option<Tensor>, device: &Device) -> Result<Self> {
         let fast = device.is_cpu() && fast_kernels() && has_fast_kernel(&weight);
-        let level = kernels::Level::best().filter(|_| device.is_cpu());
-        // Where candle's fast Q8_0 kernel applies it keeps it (a second, repacked copy beside
-        // the blocks), until the tiles are measured against it in the model (BENCHMARKS.md).
-        if let Some(level) = level.filter(|_| !fast)
-            && let Some(tiles) = Q8_0Tiles::from_qtensor(&weight)?
-        {
-            return Ok(Self::on_kernel(Weight::Q8_0(Arc::new(tiles), level), bias));
-        }
         if device.is_cpu() {
             kernels::prefer_huge_pages(&weight.data()?);
         }
+        let level = kernels::Level::best().filter(|_| device.is_cpu());
         // candle's fast Q8_0 kernel reads about the bytes wick's does, and gives other bits.
         let own = level.filter(|_| {
             kernels::family(&weight).is_some() && !(fast && weight.dtype() == GgmlDType::Q8_0)
@@ -122,12 +122,14 @@ impl Linear {
         let weight = Arc::new(weight);
         let matmul = QMatMul::from_arc(weight.clone())?;
         let slow = device.is_cpu() && !fast && matches!(matmul, QMatMul::QTensor(_));
+        let q8_0 = (slow && q8_0::available() && q8_0::applies(&weight)).then(|| weight.clone());
         Ok(Self {
             weight: Weight::Candle(matmul),
             gemm: slow.then_some(weight),
             bias,
             per_segment: device.is_cpu(),
             pad_single,
+            q8_0,
             own,
             threads: kernels::Threads::Wick,
         })
@@ -140,6 +142,7 @@ impl Linear {
             gemm: None,
             bias,
             pad_single: false,
+            q8_0: None,
             own: None,
             threads: kernels::Threads::Wick,
         }
@@ -148,17 +151,13 @@ impl Linear {
     /// A bf16/f16 matrix kept as stored, on the CPU at `level` (see `kernels::half`).
     pub fn half(weight: HalfMatrix, bias: Option<Tensor>, level: kernels::Level) -> Self {
         kernels::prefer_huge_pages(weight.as_bytes());
-        Self::on_kernel(Weight::Half(Arc::new(weight), level), bias)
-    }
-
-    /// A CPU matrix on one of wick's kernels that take any number of rows.
-    fn on_kernel(weight: Weight, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            weight: Weight::Half(Arc::new(weight), level),
             gemm: None,
             bias,
             per_segment: true,
             pad_single: false,
+            q8_0: None,
             own: None,
             threads: kernels::Threads::Wick,
         }
@@ -193,7 +192,6 @@ impl Linear {
                 w.elem_count() * w.dtype().size_in_bytes()
             }
             Weight::Half(weight, _) => weight.bytes(),
-            Weight::Q8_0(tiles, _) => tiles.bytes(),
         }
     }
 
@@ -213,14 +211,6 @@ impl Linear {
         }
     }
 
-    /// The Q8_0 tiles, where the projection keeps them (a tied embedding table reads them).
-    pub fn q8_0_tiles(&self) -> Option<&Arc<Q8_0Tiles>> {
-        match &self.weight {
-            Weight::Q8_0(tiles, _) => Some(tiles),
-            _ => None,
-        }
-    }
-
     /// `x` is `(rows, in)`, the rows of `spans` in order; the result `(rows, out)`.
     pub fn forward(&self, x: &Tensor, spans: &[Span]) -> Result<Tensor> {
         let [y] = Self::forward_many([self], x, spans)?;
@@ -228,7 +218,7 @@ impl Linear {
     }
 
     /// Several projections of the same input (q/k/v, gate/up). Where candle's fast x86 kernels,
-    /// or one of wick's, take them all, one fused call quantizes the input once and runs one
+    /// or wick's Q8_0 kernel, take them all, one fused call quantizes the input once and runs one
     /// parallel region, which is most of a small model's decode step; otherwise one call each.
     pub fn forward_many<const N: usize>(
         linears: [&Linear; N],
@@ -262,21 +252,23 @@ impl Linear {
             let fused = match Self::own_rows(&linears, &input)? {
                 Some(outputs) => Some(outputs),
                 None if let Some(outputs) = Self::half_rows(&linears, &input)? => Some(outputs),
-                None if let Some(outputs) = Self::tiles_rows(&linears, &input)? => Some(outputs),
                 None if N > 1 => Self::fused(&linears, &input)?,
                 None => None,
             };
             let outputs = match fused {
                 Some(outputs) => outputs,
-                // One call each (wick's kernels still take those they can).
-                None => linears
-                    .iter()
-                    .zip(dense.iter_mut())
-                    .map(|(l, dense)| match Self::own_rows(&[l], &input)? {
-                        Some(mut y) => Ok(y.remove(0)),
-                        None => l.call(&input, dense, prompt),
-                    })
-                    .collect::<Result<_>>()?,
+                None => match Self::q8_0_rows(&linears, &input)? {
+                    Some(outputs) => outputs,
+                    // One call each (wick's kernels still take those they can).
+                    None => linears
+                        .iter()
+                        .zip(dense.iter_mut())
+                        .map(|(l, dense)| match Self::own_rows(&[l], &input)? {
+                            Some(mut y) => Ok(y.remove(0)),
+                            None => l.call(&input, dense, prompt),
+                        })
+                        .collect::<Result<_>>()?,
+                },
             };
             for (part, y) in parts.iter_mut().zip(outputs) {
                 part.push(match padded == rows {
@@ -307,11 +299,11 @@ impl Linear {
         }
         let dense = self.is_dense();
         // Prompt chunks go in pieces short enough for the decode kernels (never a GEMM); the
-        // half kernel and the Q8_0 tiles take any number of rows.
-        let piece = match self.weight {
-            Weight::Half(..) | Weight::Q8_0(..) => usize::MAX,
-            _ if dense => usize::MAX,
-            _ => GEMM_ROWS - 1,
+        // half kernel takes any number of rows.
+        let piece = match self.q8_0 {
+            _ if dense || matches!(self.weight, Weight::Half(..)) => usize::MAX,
+            Some(_) => Q8_0_GEMM_ROWS - 1,
+            None => GEMM_ROWS - 1,
         };
         let mut calls = Vec::new();
         let mut shared: Option<Range<usize>> = None;
@@ -347,8 +339,12 @@ impl Linear {
     /// kernel takes goes through the GEMM at any length, padded to [`PROMPT_ROWS`] rows.
     fn call(&self, x: &Tensor, dense: &mut Option<Tensor>, prompt: bool) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(D::Minus1)?;
+        let gemm_rows = match self.q8_0 {
+            Some(_) => Q8_0_GEMM_ROWS,
+            None => GEMM_ROWS,
+        };
         let y = match &self.gemm {
-            Some(weight) if prompt || rows >= GEMM_ROWS => {
+            Some(weight) if prompt || rows >= gemm_rows => {
                 let w = match dense {
                     Some(w) => w,
                     None => dense.insert(weight.dequantize(x.device())?),
@@ -367,14 +363,11 @@ impl Linear {
             }
             _ => match &self.weight {
                 Weight::Candle(matmul) => matmul.forward(x)?,
-                // wick's kernels add the bias themselves.
-                Weight::Half(..) | Weight::Q8_0(..) => {
-                    let y = match Self::half_rows(&[self], x)? {
-                        Some(y) => Some(y),
-                        None => Self::tiles_rows(&[self], x)?,
-                    };
-                    return y.and_then(|mut y| y.pop()).ok_or_else(|| {
-                        candle_core::Error::Msg("wick's kernel: no output".into()).into()
+                // The half kernel adds the bias itself.
+                Weight::Half(..) => {
+                    let y = Self::half_rows(&[self], x)?.and_then(|mut y| y.pop());
+                    return y.ok_or_else(|| {
+                        candle_core::Error::Msg("half kernel: no output".into()).into()
                     });
                 }
             },
@@ -397,32 +390,35 @@ impl Linear {
         }
     }
 
-    /// wick's Q8_0 tiles over `x`, `(rows, in)`, where every projection is a Q8_0 matrix in
-    /// tiles.
-    fn tiles_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    /// wick's Q8_0 tiles over `x`, `(rows, in)`, for 2 to [`Q8_0_GEMM_ROWS`] decode rows when
+    /// every projection has them (a lone row takes the decode-row kernels, which give the same
+    /// bits).
+    fn q8_0_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
-        let weights: Option<Vec<&Q8_0Tiles>> = linears
-            .iter()
-            .map(|l| l.q8_0_tiles().map(Arc::as_ref))
-            .collect();
-        match (weights, &linears[0].weight) {
-            (Some(weights), Weight::Q8_0(_, level)) => Self::own_kernel(linears, x, |x| {
-                kernels::q8_0_tiles::matmul(&weights, x, rows, *level, linears[0].threads)
+        let weights: Option<Vec<&QTensor>> = linears.iter().map(|l| l.q8_0.as_deref()).collect();
+        match weights.filter(|_| (2..Q8_0_GEMM_ROWS).contains(&rows)) {
+            Some(weights) => Self::own_kernel(linears, x, |x| {
+                q8_0::matmul(&weights, x, rows, linears[0].threads)
             }),
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 
     /// wick's decode-row kernels over `x`, `(rows, in)`, for fewer than [`GEMM_ROWS`] rows when
     /// they take every projection and the projections' types share one quantization of `x`
-    /// (Q4_K with Q6_K; the 32-value types together).
+    /// (Q4_K with Q6_K; the 32-value types together). Q8_0 takes them for a lone row only: more
+    /// rows go to `q8_0.rs`'s tiles, which give the same bits and share each weight block among
+    /// four rows (`cargo bench --bench kernels`).
     fn own_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears
             .iter()
             .map(|l| l.own.and(l.quantized_weight()).map(Arc::as_ref))
             .collect();
-        let Some(weights) = weights.filter(|_| rows < GEMM_ROWS) else {
+        let takes = |weights: &Vec<&QTensor>| {
+            rows < GEMM_ROWS && (rows == 1 || weights.iter().all(|w| w.dtype() != GgmlDType::Q8_0))
+        };
+        let Some(weights) = weights.filter(takes) else {
             return Ok(None);
         };
         let family = kernels::family(weights[0]);

@@ -6,7 +6,6 @@
 //! all segments; attention reads each segment's keys and values through its block table. Logits
 //! are computed only for the segments that ask.
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{D, DType, Device, Tensor};
 
 use super::attention::{self, Heads, QueryRows, paged_attention};
@@ -127,11 +126,6 @@ impl Transformer {
                     && table.format() == weight.format()
                 {
                     embed = Embedding::Half(weight.clone());
-                }
-                if let (Embedding::Quantized(table), Some(tiles)) = (&embed, output.q8_0_tiles())
-                    && table.dtype() == GgmlDType::Q8_0
-                {
-                    embed = Embedding::Q8_0(tiles.clone());
                 }
                 output
             }

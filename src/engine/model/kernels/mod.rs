@@ -1,6 +1,5 @@
-//! wick's own CPU matmul kernels over GGUF blocks as the file stores them (or in tiles no
-//! larger), for the rows of a decode step (1 to 31 rows) and, where they measure faster than
-//! candle's, prompt chunks: where candle's kernels cost bytes or time.
+//! wick's own CPU matmul kernels over GGUF blocks as the file stores them, for the rows of a
+//! decode step (1 to 31 rows): where candle's kernels cost bytes or time.
 //!
 //! - Q4_K and Q6_K ([`k_quants`]): candle's fast x86 kernels repack these into tiles a third
 //!   larger (f32 scales), need 16-row multiples, and Q6_K has no fast one-row kernel; these read
@@ -9,9 +8,8 @@
 //! - Q4_0, Q4_1, Q5_0 and Q8_0 ([`blocks32`]): candle has no fast x86 kernel for the first three,
 //!   nor for Q8_0 where the inner dimension is not a multiple of 256 (every matrix of SmolLM2 and
 //!   Gemma 3 270M); activations are quantized once per row in blocks of 32.
-//! - Q8_0 in tiles of 16 columns ([`q8_0_tiles`]), no larger than the file's blocks, for any
-//!   number of rows: what every Q8_0 matrix candle's fast kernels skip takes (the [`blocks32`]
-//!   kernel for Q8_0 is only the tests' and benches' reference now).
+//! - Q8_0 tiles ([`q8_0`]): 2 to 255 rows on matrices candle's fast kernels skip, each weight
+//!   block shared by four rows; the same bits as [`blocks32`] gives a lone row.
 //! - bf16 and f16 safetensors matrices as stored ([`half`]): candle has no bf16 matmul on a CPU
 //!   and would widen them to f32, twice the bytes; these widen in registers, for any number of
 //!   rows.
@@ -28,7 +26,7 @@ mod blocks32;
 pub(crate) mod half;
 mod k_quants;
 mod pool;
-pub(crate) mod q8_0_tiles;
+pub(crate) mod q8_0;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 

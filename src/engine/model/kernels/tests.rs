@@ -3,7 +3,7 @@ use candle_core::{Device, Tensor};
 use super::*;
 
 /// Random weights `(n, k)` quantized to `dtype`, and their dequantized f32 values.
-pub(super) fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (QTensor, Vec<f32>) {
+fn weights(dtype: GgmlDType, n: usize, k: usize, seed: u64) -> (QTensor, Vec<f32>) {
     let device = Device::Cpu;
     // A small linear congruential generator: the same weights on every machine.
     let mut state = seed
