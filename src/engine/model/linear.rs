@@ -406,17 +406,21 @@ impl Linear {
 
     /// wick's decode-row kernels over `x`, `(rows, in)`, for fewer than [`GEMM_ROWS`] rows when
     /// they take every projection and the projections' types share one quantization of `x`
-    /// (Q4_K with Q6_K; the 32-value types together). Q8_0 takes them for a lone row only: more
-    /// rows go to `q8_0.rs`'s tiles, which give the same bits and share each weight block among
-    /// four rows (`cargo bench --bench kernels`).
+    /// (Q4_K with Q6_K; the 32-value types together). Q8_0 takes them for a lone row only where
+    /// `q8_0.rs`'s tiles run: more rows go to those, which give the same bits and share each
+    /// weight block among four rows (`cargo bench --bench kernels`).
     fn own_rows(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let rows = x.dim(0)?;
         let weights: Option<Vec<&QTensor>> = linears
             .iter()
             .map(|l| l.own.and(l.quantized_weight()).map(Arc::as_ref))
             .collect();
+        // Without AVX-512 VNNI there are no Q8_0 tiles: Q8_0 takes these for every call then,
+        // as the other 32-value types do (a prompt piece on the GEMM would get other bits).
+        let tiles = q8_0::available();
         let takes = |weights: &Vec<&QTensor>| {
-            rows < GEMM_ROWS && (rows == 1 || weights.iter().all(|w| w.dtype() != GgmlDType::Q8_0))
+            let q8_0 = weights.iter().any(|w| w.dtype() == GgmlDType::Q8_0);
+            rows < GEMM_ROWS && (rows == 1 || !q8_0 || !tiles)
         };
         let Some(weights) = weights.filter(takes) else {
             return Ok(None);
