@@ -255,8 +255,8 @@ async fn chat_streams_every_token(era: Era) {
     let (client, recorder) = connect(&server, era).await;
     let arguments = json!({
         "messages": [
-            {"role": "system", "content": "You are a poet."},
-            {"role": "user", "content": "Write four lines about the sea."}
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
         ],
         "max_tokens": 120,
         "temperature": 0

@@ -419,8 +419,8 @@ impl Linear {
         // as the other 32-value types do (a prompt piece on the GEMM would get other bits).
         let tiles = q8_0::available();
         let takes = |weights: &Vec<&QTensor>| {
-            let q8_0 = weights.iter().any(|w| w.dtype() == GgmlDType::Q8_0);
-            rows < GEMM_ROWS && (rows == 1 || !q8_0 || !tiles)
+            let has_q8_0 = weights.iter().any(|w| w.dtype() == GgmlDType::Q8_0);
+            rows < GEMM_ROWS && (rows == 1 || !has_q8_0 || !tiles)
         };
         let Some(weights) = weights.filter(takes) else {
             return Ok(None);
