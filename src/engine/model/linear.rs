@@ -415,13 +415,10 @@ impl Linear {
             .iter()
             .map(|l| l.own.and(l.quantized_weight()).map(Arc::as_ref))
             .collect();
-        // Without AVX-512 VNNI there are no Q8_0 tiles: Q8_0 takes these for every call then,
-        // as the other 32-value types do (a prompt piece on the GEMM would get other bits).
-        let tiles = q8_0::available();
-        let takes = |weights: &Vec<&QTensor>| {
-            let has_q8_0 = weights.iter().any(|w| w.dtype() == GgmlDType::Q8_0);
-            rows < GEMM_ROWS && (rows == 1 || !has_q8_0 || !tiles)
-        };
+        // A Q8_0 matrix without the tiles (no AVX-512 VNNI) takes these for every call, as the
+        // other 32-value types do (a prompt piece on the GEMM would get other bits).
+        let tiles = linears.iter().any(|l| l.q8_0.is_some());
+        let takes = |_: &Vec<&QTensor>| rows < GEMM_ROWS && (rows == 1 || !tiles);
         let Some(weights) = weights.filter(takes) else {
             return Ok(None);
         };
